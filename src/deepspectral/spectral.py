@@ -1,0 +1,299 @@
+"""Spectral decomposition: eigenvectors of the normalised Laplacian of the fused affinity.
+
+``decompose`` is the paper's Sec. 3.2: ``W = W_feat + λ_knn · W_knn`` on the working grid
+(1/8 of the cropped image), then the smallest eigenpairs of the generalised problem
+``(D - W) y = λ D y``. The solver works on ``M = D^-1/2 W D^-1/2`` (largest eigenvalues
+``μ = 1 - λ``) with the known top eigenvector deflated, which returns the same eigenpairs
+as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)`` without a factorisation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+import scipy.sparse.linalg
+
+from . import defaults
+from ._version import __version__
+from .affinity import feature_affinity, knn_affinity, resize_bilinear
+from .data.images import as_rgb_array, resize_image
+from .features import PatchFeatures
+
+__all__ = [
+    "Decomposition",
+    "decompose",
+    "affinity_matrix",
+    "laplacian_eigenvectors",
+    "orient_eigenvectors",
+    "working_grid",
+]
+
+#: Below this many nodes the dense ``eigh`` solver is used (it is then the fastest).
+_DENSE_SOLVER_MAX_NODES = 400
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """Eigenvectors of one image and what is needed to map them back to its pixels.
+
+    Attributes
+    ----------
+    eigenvalues : (K,) float64
+        Ascending generalised eigenvalues of ``(D - W) y = λ D y``; the first is 0.
+    eigenvectors : (K, h, w) float32
+        Eigenvectors on the working grid, ``D``-orthonormal, index 0 constant. Sign: the
+        positive side of each is the minority of the grid (the reference's convention).
+    image_size : (H, W)
+        Original image size.
+    input_size : (H_in, W_in)
+        Image size after the ``max_size`` resize (pixels the decomposition saw).
+    crop_size : (H_c, W_c)
+        Input image cropped to a multiple of the patch size (bottom rows / right columns
+        dropped); the grid covers exactly this area.
+    patch_size : int
+    settings : dict
+        Backbone and decomposition settings that produced it.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    crop_size: tuple[int, int]
+    patch_size: int
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Working grid ``(h, w)``."""
+        return (int(self.eigenvectors.shape[1]), int(self.eigenvectors.shape[2]))
+
+    @property
+    def cell_size(self) -> tuple[float, float]:
+        """Size ``(dy, dx)`` of one grid cell in pixels of the input image."""
+        h, w = self.grid_size
+        return (self.crop_size[0] / h, self.crop_size[1] / w)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Factor ``(sy, sx)`` from input-image pixels to original-image pixels."""
+        return (self.image_size[0] / self.input_size[0], self.image_size[1] / self.input_size[1])
+
+    def save_npz(self, path: str | os.PathLike) -> None:
+        """Write the decomposition to ``path`` (``.npz``), atomically (temp file + rename).
+
+        Keys: ``eigenvalues`` (K,), ``eigenvectors`` (K, h, w) float32, ``image_size``,
+        ``input_size``, ``crop_size`` (2,) int, ``patch_size`` () int and ``metadata``
+        (a JSON string with the settings and the library version).
+        """
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        metadata = json.dumps({"settings": self.settings, "version": __version__}, sort_keys=True)
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                eigenvalues=self.eigenvalues,
+                eigenvectors=self.eigenvectors,
+                image_size=np.array(self.image_size, dtype=np.int64),
+                input_size=np.array(self.input_size, dtype=np.int64),
+                crop_size=np.array(self.crop_size, dtype=np.int64),
+                patch_size=np.array(self.patch_size, dtype=np.int64),
+                metadata=np.array(metadata),
+            )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load_npz(cls, path: str | os.PathLike) -> "Decomposition":
+        """Read a decomposition written by :meth:`save_npz`."""
+        with np.load(path, allow_pickle=False) as data:
+            metadata = json.loads(str(data["metadata"]))
+            return cls(
+                eigenvalues=data["eigenvalues"],
+                eigenvectors=data["eigenvectors"],
+                image_size=tuple(int(v) for v in data["image_size"]),
+                input_size=tuple(int(v) for v in data["input_size"]),
+                crop_size=tuple(int(v) for v in data["crop_size"]),
+                patch_size=int(data["patch_size"]),
+                settings=metadata["settings"],
+            )
+
+
+def working_grid(crop_size: tuple[int, int]) -> tuple[int, int]:
+    """The intermediate resolution ``(H_c // 8, W_c // 8)`` of the paper (at least 1x1)."""
+    return (max(1, crop_size[0] // defaults.GRID_STRIDE), max(1, crop_size[1] // defaults.GRID_STRIDE))
+
+
+def affinity_matrix(
+    features: np.ndarray,
+    image_small: np.ndarray,
+    *,
+    knn_lambda: float = defaults.KNN_LAMBDA,
+    knn_kernel: str = defaults.KNN_KERNEL,
+) -> np.ndarray:
+    """Fused affinity ``W = W_feat + λ_knn · W_knn`` (Eq. 3) as a dense matrix.
+
+    Parameters
+    ----------
+    features : (h_p, w_p, C) float
+        Patch features (normalised and resized to the grid here).
+    image_small : (h, w, 3) float in [0, 1]
+        The cropped image resized to the working grid ``(h, w)``.
+
+    Returns
+    -------
+    (h * w, h * w) float32
+    """
+    if knn_lambda < 0:
+        raise ValueError(f"knn_lambda: expected a value >= 0, got {knn_lambda}")
+    grid = image_small.shape[:2]
+    affinity = feature_affinity(features, grid)
+    if knn_lambda > 0:
+        colour = knn_affinity(image_small, kernel=knn_kernel).tocoo()
+        n = affinity.shape[0]
+        flat = affinity.reshape(-1)
+        np.add.at(flat, colour.row.astype(np.int64) * n + colour.col, knn_lambda * colour.data)
+    return affinity
+
+
+def orient_eigenvectors(eigenvectors: np.ndarray) -> np.ndarray:
+    """Fix the sign of each eigenvector: first deterministically (largest-magnitude entry
+    positive), then the reference's rule: flip when the positive part covers more than
+    half, and less than all, of the grid. Works on ``(K, ...)`` arrays, in place."""
+    flat = eigenvectors.reshape(len(eigenvectors), -1)
+    for vector in flat:
+        if vector[np.argmax(np.abs(vector))] < 0:
+            vector *= -1
+        positive = float(np.mean(vector > 0))
+        if 0.5 < positive < 1.0:
+            vector *= -1
+    return eigenvectors
+
+
+def laplacian_eigenvectors(affinity: np.ndarray, n_eigenvectors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest eigenpairs of ``(D - W) y = λ D y`` for a dense symmetric affinity ``W``.
+
+    Parameters
+    ----------
+    affinity : (N, N) float32
+        Symmetric, non-negative affinity. It is overwritten (used as work space).
+    n_eigenvectors : int
+        K, the number of eigenpairs (the constant one included); capped at N.
+
+    Returns
+    -------
+    eigenvalues : (K,) float64, ascending, the first 0
+    eigenvectors : (K, N) float32, ``D``-orthonormal (``yᵀ D y = 1``), not yet oriented
+    """
+    n = affinity.shape[0]
+    k = min(int(n_eigenvectors), n)
+    degree = affinity.sum(axis=1, dtype=np.float64)
+    degree = np.maximum(degree, 1e-12)
+    inv_sqrt = (1.0 / np.sqrt(degree)).astype(np.float32)
+    normalised = affinity
+    normalised *= inv_sqrt[:, None]
+    normalised *= inv_sqrt[None, :]
+    top = np.sqrt(degree)
+    top /= np.linalg.norm(top)  # eigenvector of M for μ = 1, known exactly
+    vectors = np.empty((k, n), dtype=np.float64)
+    vectors[0] = top
+    values = np.empty(k, dtype=np.float64)
+    values[0] = 1.0
+    if k > 1:
+        # deflate the known eigenpair to μ = -1 (at or below every other eigenvalue of M)
+        top32 = top.astype(np.float32)
+        normalised -= 2.0 * np.outer(top32, top32)
+        mu, v = _largest_eigenpairs(normalised, k - 1)
+        values[1:] = mu
+        vectors[1:] = v.T
+    eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
+    eigenvalues[0] = 0.0
+    eigenvectors = (vectors / np.sqrt(degree)[None, :]).astype(np.float32)
+    return eigenvalues, eigenvectors
+
+
+def _largest_eigenpairs(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest-algebraic ``k`` eigenpairs of a dense symmetric matrix, ascending in
+    Laplacian order (descending μ)."""
+    n = matrix.shape[0]
+    if n <= _DENSE_SOLVER_MAX_NODES or k >= n - 1:
+        mu, v = scipy.linalg.eigh(matrix.astype(np.float64), subset_by_index=[n - k, n - 1])
+    else:
+        start = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        try:
+            mu, v = scipy.sparse.linalg.eigsh(matrix, k=k, which="LA", v0=start, tol=1e-6)
+        except scipy.sparse.linalg.ArpackNoConvergence:
+            mu, v = scipy.linalg.eigh(matrix.astype(np.float64), subset_by_index=[n - k, n - 1])
+    order = np.argsort(-mu)
+    return mu[order].astype(np.float64), v[:, order].astype(np.float64)
+
+
+def decompose(
+    features: PatchFeatures,
+    image,
+    *,
+    knn_lambda: float = defaults.KNN_LAMBDA,
+    n_eigenvectors: int = defaults.N_EIGENVECTORS,
+    knn_kernel: str = defaults.KNN_KERNEL,
+) -> Decomposition:
+    """Eigenvectors of one image (paper Sec. 3.2).
+
+    Parameters
+    ----------
+    features : PatchFeatures
+        From :meth:`deepspectral.Backbone.extract` on the same image (or oracle features).
+    image : PIL.Image.Image or (H, W, 3) uint8
+        The original image given to the backbone.
+    knn_lambda : float, default 10
+        Weight λ_knn of the colour affinity (0 disables it).
+    n_eigenvectors : int, default 5
+        K, eigenvectors returned, the constant one included (capped at the grid size).
+    knn_kernel : {"binary", "soft"}
+        Edge weights of the colour affinity, see :func:`deepspectral.affinity.knn_affinity`.
+
+    Returns
+    -------
+    Decomposition
+    """
+    if not isinstance(features, PatchFeatures):
+        raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
+    if not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 1:
+        raise ValueError(f"n_eigenvectors: expected an integer >= 1, got {n_eigenvectors!r}")
+    if knn_kernel not in defaults.KNN_KERNELS:
+        raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
+    if not np.isfinite(knn_lambda) or knn_lambda < 0:
+        raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
+    rgb = as_rgb_array(image)
+    if tuple(rgb.shape[:2]) != tuple(features.image_size):
+        raise ValueError(
+            f"image: size {rgb.shape[:2]} does not match the size {features.image_size} the features were extracted from"
+        )
+    crop_h, crop_w = features.crop_size
+    small = resize_image(rgb, features.input_size)[:crop_h, :crop_w]
+    grid = working_grid((crop_h, crop_w))
+    image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
+    affinity = affinity_matrix(features.features, image_small, knn_lambda=knn_lambda, knn_kernel=knn_kernel)
+    eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors)
+    eigenvectors = orient_eigenvectors(eigenvectors.reshape(-1, *grid))
+    settings = {
+        "backbone": features.backbone,
+        "block": features.block,
+        "feature": features.feature,
+        "knn_lambda": float(knn_lambda),
+        "knn_kernel": knn_kernel,
+        "n_eigenvectors": int(n_eigenvectors),
+    }
+    return Decomposition(
+        eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors,
+        image_size=tuple(features.image_size),
+        input_size=tuple(features.input_size),
+        crop_size=(crop_h, crop_w),
+        patch_size=features.patch_size,
+        settings=settings,
+    )

@@ -1,0 +1,1 @@
+"""Downstream tasks built on a :class:`~deepspectral.spectral.Decomposition`."""
