@@ -154,10 +154,9 @@ def affinity_matrix(
     grid = image_small.shape[:2]
     affinity = feature_affinity(features, grid)
     if knn_lambda > 0:
-        colour = knn_affinity(image_small, kernel=knn_kernel).tocoo()
-        n = affinity.shape[0]
+        colour = knn_affinity(image_small, kernel=knn_kernel).tocoo()  # duplicates summed
         flat = affinity.reshape(-1)
-        np.add.at(flat, colour.row.astype(np.int64) * n + colour.col, knn_lambda * colour.data)
+        flat[colour.row.astype(np.int64) * affinity.shape[0] + colour.col] += knn_lambda * colour.data
     return affinity
 
 
@@ -178,10 +177,15 @@ def orient_eigenvectors(eigenvectors: np.ndarray) -> np.ndarray:
 def laplacian_eigenvectors(affinity: np.ndarray, n_eigenvectors: int) -> tuple[np.ndarray, np.ndarray]:
     """Smallest eigenpairs of ``(D - W) y = λ D y`` for a dense symmetric affinity ``W``.
 
+    Works on ``M = D^-1/2 W D^-1/2``, whose largest eigenvalues are ``μ = 1 - λ``. The top
+    eigenpair is known exactly (``μ = 1``, ``v ∝ D^1/2 1``) and is deflated to ``μ = -1``;
+    Lanczos (ARPACK) then finds the next ``K - 1`` from matrix-vector products only.
+    Small grids use dense ``eigh``.
+
     Parameters
     ----------
     affinity : (N, N) float32
-        Symmetric, non-negative affinity. It is overwritten (used as work space).
+        Symmetric, non-negative affinity (not modified).
     n_eigenvectors : int
         K, the number of eigenpairs (the constant one included); capped at N.
 
@@ -192,45 +196,50 @@ def laplacian_eigenvectors(affinity: np.ndarray, n_eigenvectors: int) -> tuple[n
     """
     n = affinity.shape[0]
     k = min(int(n_eigenvectors), n)
-    degree = affinity.sum(axis=1, dtype=np.float64)
-    degree = np.maximum(degree, 1e-12)
-    inv_sqrt = (1.0 / np.sqrt(degree)).astype(np.float32)
-    normalised = affinity
-    normalised *= inv_sqrt[:, None]
-    normalised *= inv_sqrt[None, :]
-    top = np.sqrt(degree)
-    top /= np.linalg.norm(top)  # eigenvector of M for μ = 1, known exactly
+    degree = np.maximum(affinity.sum(axis=1, dtype=np.float64), 1e-12)
+    inv_sqrt = 1.0 / np.sqrt(degree)
+    top = np.sqrt(degree) / np.linalg.norm(np.sqrt(degree))  # eigenvector of M for μ = 1
+    values = np.ones(k, dtype=np.float64)
     vectors = np.empty((k, n), dtype=np.float64)
     vectors[0] = top
-    values = np.empty(k, dtype=np.float64)
-    values[0] = 1.0
     if k > 1:
-        # deflate the known eigenpair to μ = -1 (at or below every other eigenvalue of M)
-        top32 = top.astype(np.float32)
-        normalised -= 2.0 * np.outer(top32, top32)
-        mu, v = _largest_eigenpairs(normalised, k - 1)
-        values[1:] = mu
-        vectors[1:] = v.T
+        values[1:], vectors[1:] = _deflated_top_eigenpairs(affinity, inv_sqrt, top, k - 1)
     eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
     eigenvalues[0] = 0.0
-    eigenvectors = (vectors / np.sqrt(degree)[None, :]).astype(np.float32)
+    eigenvectors = (vectors * inv_sqrt[None, :]).astype(np.float32)
     return eigenvalues, eigenvectors
 
 
-def _largest_eigenpairs(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest-algebraic ``k`` eigenpairs of a dense symmetric matrix, ascending in
-    Laplacian order (descending μ)."""
-    n = matrix.shape[0]
+def _deflated_top_eigenpairs(
+    affinity: np.ndarray, inv_sqrt: np.ndarray, top: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``k`` eigenpairs ``(μ (k,), v (k, N))``, descending, of
+    ``M - 2 v₀ v₀ᵀ`` with ``M = D^-1/2 W D^-1/2``."""
+    n = affinity.shape[0]
+    def dense() -> tuple[np.ndarray, np.ndarray]:
+        matrix = affinity.astype(np.float64) * inv_sqrt[:, None] * inv_sqrt[None, :]
+        matrix -= 2.0 * np.outer(top, top)
+        return scipy.linalg.eigh(matrix, subset_by_index=[n - k, n - 1])
+
     if n <= _DENSE_SOLVER_MAX_NODES or k >= n - 1:
-        mu, v = scipy.linalg.eigh(matrix.astype(np.float64), subset_by_index=[n - k, n - 1])
+        mu, v = dense()
     else:
-        start = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        dtype = affinity.dtype
+        scale = inv_sqrt.astype(dtype)
+        top_ = top.astype(dtype)
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            x = x.reshape(-1).astype(dtype, copy=False)
+            return scale * (affinity @ (scale * x)) - (2.0 * float(top_ @ x)) * top_
+
+        operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=dtype)
+        start = np.random.default_rng(0).standard_normal(n).astype(dtype)
         try:
-            mu, v = scipy.sparse.linalg.eigsh(matrix, k=k, which="LA", v0=start, tol=1e-6)
-        except scipy.sparse.linalg.ArpackNoConvergence:
-            mu, v = scipy.linalg.eigh(matrix.astype(np.float64), subset_by_index=[n - k, n - 1])
+            mu, v = scipy.sparse.linalg.eigsh(operator, k=k, which="LA", v0=start, tol=1e-6)
+        except scipy.sparse.linalg.ArpackNoConvergence:  # rare (degenerate spectra): exact but slower
+            mu, v = dense()
     order = np.argsort(-mu)
-    return mu[order].astype(np.float64), v[:, order].astype(np.float64)
+    return mu[order].astype(np.float64), v[:, order].T.astype(np.float64)
 
 
 def decompose(

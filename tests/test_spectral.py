@@ -1,0 +1,241 @@
+"""Numerics of the affinity and the eigensolver, checked against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from deepspectral import PatchFeatures, decompose, localize
+from deepspectral.affinity import feature_affinity, interpolation_matrix, knn_affinity, resize_bilinear
+from deepspectral.spectral import Decomposition, affinity_matrix, laplacian_eigenvectors, orient_eigenvectors
+
+
+def smooth_features(h: int, w: int, c: int, seed: int) -> np.ndarray:
+    """Spatially smooth random features with a few regions, like real ViT features."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1, size=(4, 2))
+    directions = rng.standard_normal((4, c))
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    dist = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
+    weights = np.exp(-dist / 0.05)
+    features = weights @ directions + 0.3 * rng.standard_normal((h, w, c))
+    return features.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+@pytest.mark.parametrize("n_in,n_out", [(5, 10), (23, 46), (7, 3), (1, 4), (9, 9), (37, 64)])
+def test_interpolation_matches_torch(n_in, n_out):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, n_in)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None], size=n_out, mode="linear", align_corners=False
+    )[0].numpy()
+    got = (interpolation_matrix(n_in, n_out) @ x.T).T
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_resize_bilinear_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 1, (37, 50, 3)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None], size=(9, 13), mode="bilinear", align_corners=False
+    )[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(resize_bilinear(image, (9, 13)), expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- affinities
+
+
+@pytest.mark.parametrize("grid", [(6, 5), (12, 10), (9, 7)])
+def test_feature_affinity_equals_gram_of_upsampled_features(grid):
+    features = smooth_features(6, 5, 16, seed=2)
+    normalised = features / np.linalg.norm(features, axis=2, keepdims=True)
+    upsampled = resize_bilinear(normalised, grid).reshape(-1, 16).astype(np.float64)
+    expected = np.maximum(upsampled @ upsampled.T, 0.0)
+    got = feature_affinity(features, grid)
+    assert got.shape == (grid[0] * grid[1],) * 2 and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def brute_force_knn_affinity(image: np.ndarray, settings, kernel: str) -> np.ndarray:
+    h, w = image.shape[:2]
+    n = h * w
+    xs, ys = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+    affinity = np.zeros((n, n))
+    for k, spatial in settings:
+        points = np.column_stack([image.reshape(n, 3), spatial * xs.ravel(), spatial * ys.ravel()])
+        dist = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+        for i in range(n):
+            for j in np.argsort(dist[i], kind="stable")[:k]:
+                weight = 1.0 if kernel == "binary" else max(1.0 - dist[i, j], 0.0)
+                affinity[i, j] += weight
+                affinity[j, i] += weight
+    return affinity
+
+
+@pytest.mark.parametrize("kernel", ["binary", "soft"])
+def test_knn_affinity_matches_brute_force(kernel):
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 1, (7, 9, 3))  # continuous colours: no distance ties
+    settings = ((5, 2.0), (3, 0.1))
+    expected = brute_force_knn_affinity(image, settings, kernel)
+    got = knn_affinity(image.astype(np.float32), settings=settings, kernel=kernel).toarray()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got, got.T)
+
+
+def test_knn_affinity_default_settings_row_sums():
+    # binary kernel: each row holds its own 20 + 10 neighbours, the self pair counted twice
+    rng = np.random.default_rng(4)
+    got = knn_affinity(rng.uniform(0, 1, (12, 15, 3)).astype(np.float32))
+    assert got.sum(axis=1).min() >= 32 - 1e-6
+    assert got.diagonal().min() == 4  # self is a neighbour in both settings, both directions
+    assert abs(got - got.T).max() == 0
+
+
+def test_knn_affinity_rejects_bad_kernel():
+    with pytest.raises(ValueError, match="kernel"):
+        knn_affinity(np.zeros((3, 3, 3), np.float32), kernel="gaussian")
+
+
+# --------------------------------------------------------------------------- eigensolver
+
+
+def dense_generalised_eigenpairs(affinity: np.ndarray, k: int):
+    affinity = affinity.astype(np.float64)
+    degree = np.diag(affinity.sum(axis=1))
+    return scipy.linalg.eigh(degree - affinity, degree, subset_by_index=[0, k - 1])
+
+
+@pytest.mark.parametrize("grid,seed", [((16, 20), 0), ((30, 40), 1), ((25, 33), 2)])
+def test_eigenpairs_match_dense_eigh(grid, seed):
+    """Covers the dense path (320 nodes) and the Lanczos path (1200 and 825 nodes)."""
+    rng = np.random.default_rng(seed)
+    features = smooth_features(grid[0] // 2, grid[1] // 2, 32, seed)
+    image = resize_bilinear(rng.uniform(0, 1, (grid[0] // 4, grid[1] // 4, 3)).astype(np.float32), grid)
+    affinity = affinity_matrix(features, image, knn_lambda=10.0)
+    k = 6
+    expected_values, expected_vectors = dense_generalised_eigenpairs(affinity, k)
+    values, vectors = laplacian_eigenvectors(affinity.copy(), k)
+    np.testing.assert_allclose(values, np.clip(expected_values, 0, None), atol=1e-5)
+    degree = affinity.sum(axis=1, dtype=np.float64)
+    for i in range(k):
+        gap = min(
+            abs(expected_values[i] - expected_values[j]) for j in range(k) if j != i
+        ) if k > 1 else 1.0
+        if i == k - 1 or gap < 1e-3:  # no clear gap (the last one's gap to k+1 is unknown here)
+            continue
+        mine = vectors[i].astype(np.float64)
+        ref = expected_vectors[:, i]
+        cos = abs(mine @ (degree * ref)) / np.sqrt((mine @ (degree * mine)) * (ref @ (degree * ref)))
+        assert cos > 0.999, (i, cos)
+    # D-orthonormality like eigsh(D - W, M=D)
+    gram = (vectors * degree[None]) @ vectors.T
+    np.testing.assert_allclose(gram, np.eye(k), atol=1e-4)
+
+
+def test_first_eigenvector_is_constant_and_eigenvalue_zero():
+    features = smooth_features(10, 12, 16, seed=5)
+    image = np.full((20, 24, 3), 0.5, np.float32)
+    values, vectors = laplacian_eigenvectors(affinity_matrix(features, image), 4)
+    assert values[0] == 0.0 and np.all(np.diff(values) >= -1e-9)
+    assert np.ptp(vectors[0]) < 1e-5 * np.abs(vectors[0]).max()
+
+
+def test_orientation_makes_positive_side_the_minority():
+    vectors = np.array([[1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 2.0, 0.5], [3.0, -1.0, -1.0, -1.0]], np.float32)
+    oriented = orient_eigenvectors(vectors.copy())
+    for row in oriented:
+        share = np.mean(row > 0)
+        assert share <= 0.5 or share == 1.0
+    np.testing.assert_array_equal(oriented[2], [3.0, -1.0, -1.0, -1.0])
+
+
+# --------------------------------------------------------------------------- decompose / localize
+
+
+def rectangle_case(seed: int = 0, patch: int = 16):
+    """An image with a coloured rectangle, and oracle features that know the rectangle."""
+    rng = np.random.default_rng(seed)
+    height, width = 200, 264
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = (40, 120, 60)
+    box = (96, 48, 192, 128)  # x1, y1, x2, y2 on patch (16) boundaries
+    image[box[1] : box[3], box[0] : box[2]] = (200, 40, 40)
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    h, w = height // patch, width // patch
+    fg, bg = rng.standard_normal(64), rng.standard_normal(64)
+    features = np.where(np.zeros((h, w, 1), bool), 0, bg) + 0.3 * rng.standard_normal((h, w, 64))
+    features[box[1] // patch : box[3] // patch, box[0] // patch : box[2] // patch] += fg - bg
+    feats = PatchFeatures(features.astype(np.float32), patch, (height, width), (height, width))
+    return image, feats, box
+
+
+def test_localize_recovers_rectangle():
+    image, feats, box = rectangle_case()
+    dec = decompose(feats, image)
+    assert dec.eigenvectors.shape == (5, 192 // 8, 256 // 8)  # crop to a multiple of 16, then 1/8
+    assert dec.eigenvectors.dtype == np.float32
+    got = localize(dec)
+    assert all(abs(a - b) <= 8 for a, b in zip(got, box)), (got, box)
+
+
+def test_localize_maps_back_through_max_size_resize():
+    image, feats, box = rectangle_case()
+    # the same features, as if the image had been downscaled 2x for the decomposition
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    small_feats = PatchFeatures(feats.features, 16, (400, 528), (200, 264))
+    got = localize(decompose(small_feats, big))
+    assert all(abs(a - 2 * b) <= 16 for a, b in zip(got, box)), (got, box)
+
+
+def test_uniform_image_gives_defined_result():
+    image = np.full((64, 96, 3), 128, np.uint8)
+    feats = PatchFeatures(np.ones((4, 6, 8), np.float32), 16, (64, 96), (64, 96))
+    dec = decompose(feats, image)
+    assert np.all(np.isfinite(dec.eigenvectors)) and np.all(np.isfinite(dec.eigenvalues))
+    x1, y1, x2, y2 = localize(dec)
+    assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 64
+
+
+def test_tiny_grid_caps_eigenvectors():
+    image = np.zeros((16, 16, 3), np.uint8)
+    feats = PatchFeatures(np.ones((1, 1, 8), np.float32), 16, (16, 16), (16, 16))
+    dec = decompose(feats, image, n_eigenvectors=5)
+    assert dec.eigenvectors.shape == (4, 2, 2)
+
+
+def test_npz_round_trip(tmp_path):
+    image, feats, _ = rectangle_case()
+    dec = decompose(feats, image, knn_lambda=8.0)
+    path = tmp_path / "x.npz"
+    dec.save_npz(path)
+    back = Decomposition.load_npz(path)
+    np.testing.assert_array_equal(back.eigenvectors, dec.eigenvectors)
+    assert back.settings["knn_lambda"] == 8.0 and back.crop_size == dec.crop_size
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"knn_lambda": -1.0}, "knn_lambda"),
+        ({"n_eigenvectors": 0}, "n_eigenvectors"),
+        ({"knn_kernel": "nope"}, "knn_kernel"),
+    ],
+)
+def test_decompose_rejects_bad_arguments(kwargs, match):
+    image, feats, _ = rectangle_case()
+    with pytest.raises(ValueError, match=match):
+        decompose(feats, image, **kwargs)
+
+
+def test_decompose_rejects_mismatched_image():
+    image, feats, _ = rectangle_case()
+    with pytest.raises(ValueError, match="image"):
+        decompose(feats, image[:100])
