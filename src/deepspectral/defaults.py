@@ -18,6 +18,7 @@ __all__ = [
     "KNN_KERNEL",
     "N_EIGENVECTORS",
     "MAX_SIZE",
+    "MAX_GRID_NODES",
     "MAX_PIXELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -49,6 +50,9 @@ N_EIGENVECTORS = 5
 #: image (<= 640 px a side) stays at full resolution; larger photos are downscaled for the
 #: decomposition and results are mapped back to the original pixels.
 MAX_SIZE = 800
+#: Largest working grid (nodes) decomposed: the dense affinity takes 4 * nodes**2 bytes
+#: (30,000 nodes = 3.6 GB, about a 1,400 x 1,400 image with --max-size 0).
+MAX_GRID_NODES = 30_000
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 200_000_000
 

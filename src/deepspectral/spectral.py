@@ -36,6 +36,8 @@ __all__ = [
 
 #: Below this many nodes the dense ``eigh`` solver is used (it is then the fastest).
 _DENSE_SOLVER_MAX_NODES = 400
+#: Largest grid on which dense ``eigh`` may serve as a last-resort fallback (seconds, not minutes).
+_DENSE_FALLBACK_MAX_NODES = 4000
 
 
 @dataclass(frozen=True)
@@ -236,8 +238,17 @@ def _deflated_top_eigenpairs(
         start = np.random.default_rng(0).standard_normal(n).astype(dtype)
         try:
             mu, v = scipy.sparse.linalg.eigsh(operator, k=k, which="LA", v0=start, tol=1e-6)
-        except scipy.sparse.linalg.ArpackNoConvergence:  # rare (degenerate spectra): exact but slower
-            mu, v = dense()
+        except scipy.sparse.linalg.ArpackNoConvergence:
+            # rare (clustered spectra): a wider Krylov space, then dense eigh on small grids
+            try:
+                ncv = min(n - 1, max(6 * k + 1, 64))
+                mu, v = scipy.sparse.linalg.eigsh(
+                    operator, k=k, which="LA", v0=start, tol=1e-5, ncv=ncv, maxiter=50 * n
+                )
+            except scipy.sparse.linalg.ArpackNoConvergence as error:
+                if n > _DENSE_FALLBACK_MAX_NODES:
+                    raise RuntimeError(f"the eigensolver did not converge on a {n}-node grid") from error
+                mu, v = dense()
     order = np.argsort(-mu)
     return mu[order].astype(np.float64), v[:, order].T.astype(np.float64)
 
@@ -285,6 +296,12 @@ def decompose(
     crop_h, crop_w = features.crop_size
     small = resize_image(rgb, features.input_size)[:crop_h, :crop_w]
     grid = working_grid((crop_h, crop_w))
+    if grid[0] * grid[1] > defaults.MAX_GRID_NODES:
+        raise ValueError(
+            f"image: the working grid {grid[0]}x{grid[1]} has more than {defaults.MAX_GRID_NODES} nodes "
+            f"(the dense affinity would need {4 * (grid[0] * grid[1]) ** 2 / 1e9:.1f} GB); "
+            f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
+        )
     image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
     affinity = affinity_matrix(features.features, image_small, knn_lambda=knn_lambda, knn_kernel=knn_kernel)
     eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors)

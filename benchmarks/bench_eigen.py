@@ -1,0 +1,139 @@
+"""Eigen-step benchmark: ours vs the paper's recipe, side by side on the same photos.
+
+For each photo: decode, features (ViT, given weights or a random-initialised ViT-S/16),
+then the eigen-step (affinity + Laplacian + eigensolver) the reference way and our way,
+then the localization box. Prints per-stage median milliseconds per image, the speed-up,
+the agreement of eigenvectors (|cos| where the eigengap is clear) and of boxes.
+
+    python benchmarks/bench_eigen.py [IMAGES ...] [--limit 20] [--weights FILE]
+
+Without IMAGES it uses ../shared/data/sod/images (481x321) and ../shared/data/coco-mini.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_recipe import reference_eigenvectors  # noqa: E402
+
+from deepspectral import Backbone, localize  # noqa: E402
+from deepspectral.affinity import resize_bilinear  # noqa: E402
+from deepspectral.data.images import collect_inputs, load_image, resize_image  # noqa: E402
+from deepspectral.spectral import (  # noqa: E402
+    Decomposition,
+    affinity_matrix,
+    laplacian_eigenvectors,
+    orient_eigenvectors,
+    working_grid,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def random_weights(path: Path) -> Path:
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def clear_gap_cosines(ref_values, ref_vectors, values, vectors, degree) -> list[float]:
+    cosines = []
+    for i in range(1, len(values) - 1):
+        gap = min(abs(ref_values[i] - ref_values[i - 1]), abs(ref_values[i + 1] - ref_values[i]))
+        if gap < 1e-3:
+            continue
+        a, b = ref_vectors[i].astype(np.float64), vectors[i].astype(np.float64)
+        cosines.append(abs(a @ (degree * b)) / np.sqrt((a @ (degree * a)) * (b @ (degree * b))))
+    return cosines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--backbone", default="dino_vits16")
+    parser.add_argument("--knn-lambda", type=float, default=10.0)
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+
+    sources = args.images or [str(SHARED / "sod" / "images"), str(SHARED / "coco-mini")]
+    inputs = collect_inputs([s for s in sources if Path(s).exists()])[: args.limit]
+    if not inputs:
+        sys.exit("no images found: pass image files or folders")
+    weights = args.weights or str(random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth"))
+    backbone = Backbone(args.backbone, weights=weights, device="cpu")
+
+    rows = {k: [] for k in ("decode", "features", "ref_eig", "affinity", "eigensolver", "task")}
+    cosines, same_box, sizes = [], 0, []
+    for item in inputs:
+        t0 = time.perf_counter()
+        image = load_image(item.path)
+        t1 = time.perf_counter()
+        feats = backbone.extract(image)
+        t2 = time.perf_counter()
+        crop_h, crop_w = feats.crop_size
+        grid = working_grid((crop_h, crop_w))
+        small = resize_image(image, feats.input_size)[:crop_h, :crop_w]
+        image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
+        if not args.skip_reference:
+            r0 = time.perf_counter()
+            ref_values, ref_vectors = reference_eigenvectors(feats.features, image_small, knn_lambda=args.knn_lambda)
+            rows["ref_eig"].append(time.perf_counter() - r0)
+        t3 = time.perf_counter()
+        affinity = affinity_matrix(feats.features, image_small, knn_lambda=args.knn_lambda)
+        t4 = time.perf_counter()
+        degree = affinity.sum(axis=1, dtype=np.float64)
+        values, vectors = laplacian_eigenvectors(affinity, 5)
+        vectors = orient_eigenvectors(vectors.reshape(-1, *grid))
+        t5 = time.perf_counter()
+        dec = Decomposition(values, vectors, feats.image_size, feats.input_size, (crop_h, crop_w), feats.patch_size)
+        box = localize(dec)
+        t6 = time.perf_counter()
+        for key, value in zip(rows, (t1 - t0, t2 - t1, None, t4 - t3, t5 - t4, t6 - t5)):
+            if value is not None:
+                rows[key].append(value)
+        sizes.append(image.shape[:2])
+        if not args.skip_reference:
+            cosines += clear_gap_cosines(ref_values, ref_vectors, values, vectors.reshape(len(values), -1), degree)
+            ref_dec = Decomposition(
+                ref_values, ref_vectors.reshape(-1, *grid), feats.image_size, feats.input_size, (crop_h, crop_w), 16
+            )
+            same_box += localize(ref_dec) == box
+
+    ms = {k: 1000 * float(np.median(v)) if v else float("nan") for k, v in rows.items()}
+    ours_eig = np.array(rows["affinity"]) + np.array(rows["eigensolver"])
+    print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}, python {platform.python_version()}")
+    print(f"images: {len(inputs)} (sizes {min(sizes)}..{max(sizes)}), backbone {args.backbone}, knn_lambda {args.knn_lambda}")
+    print()
+    print("| stage (median ms / image) | reference recipe | deepspectral |")
+    print("|---|---:|---:|")
+    print(f"| decode | {ms['decode']:.1f} | {ms['decode']:.1f} |")
+    print(f"| features (ViT forward) | {ms['features']:.1f} | {ms['features']:.1f} |")
+    print(f"| affinity | | {ms['affinity']:.1f} |")
+    print(f"| eigensolver | | {ms['eigensolver']:.1f} |")
+    print(f"| **eigen-step total** | {ms['ref_eig']:.1f} | {1000 * np.median(ours_eig):.1f} |")
+    print(f"| task (box) | {ms['task']:.2f} | {ms['task']:.2f} |")
+    if not args.skip_reference:
+        ratio = np.array(rows["ref_eig"]) / ours_eig
+        print()
+        print(f"eigen-step speed-up: median {np.median(ratio):.1f}x (min {ratio.min():.1f}x, max {ratio.max():.1f}x)")
+        print(f"eigenvectors with a clear gap: {len(cosines)}, min |cos| {min(cosines) if cosines else float('nan'):.6f}")
+        print(f"same box as the reference: {same_box}/{len(inputs)}")
+
+
+if __name__ == "__main__":
+    main()
