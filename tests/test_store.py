@@ -1,0 +1,70 @@
+"""The on-disk cache: keys, round trips, atomicity."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from deepspectral import PatchFeatures
+from deepspectral.spectral import Decomposition
+from deepspectral.store import Store, cache_key, file_digest, remove_stale_temp_files
+
+
+def make_features(seed=0):
+    rng = np.random.default_rng(seed)
+    return PatchFeatures(rng.standard_normal((3, 4, 8)).astype(np.float32), 16, (50, 70), (50, 70), "dino_vits16")
+
+
+def test_cache_key_changes_with_every_setting():
+    base = {"backbone": "dino_vits16", "knn_lambda": 10.0, "max_size": 800}
+    key = cache_key("abc", base)
+    assert key == cache_key("abc", dict(reversed(list(base.items()))))  # order-free
+    assert key != cache_key("abd", base)
+    for name, value in [("backbone", "dino_vits8"), ("knn_lambda", 8.0), ("max_size", 640)]:
+        assert key != cache_key("abc", {**base, name: value})
+
+
+def test_features_round_trip_is_float16_exact(tmp_path):
+    store = Store(tmp_path)
+    feats = make_features()
+    returned = store.save_features("k1", feats)
+    loaded = store.load_features("k1")
+    np.testing.assert_array_equal(returned.features, loaded.features)
+    np.testing.assert_allclose(loaded.features, feats.features, rtol=1e-3, atol=1e-3)
+    assert loaded.image_size == (50, 70) and loaded.backbone == "dino_vits16"
+    assert store.load_features("missing") is None
+
+
+def test_corrupt_entry_counts_as_missing(tmp_path):
+    store = Store(tmp_path)
+    store.save_features("k2", make_features())
+    path = next((tmp_path / "features").rglob("*.npz"))
+    path.write_bytes(b"garbage")
+    assert store.load_features("k2") is None
+
+
+def test_decomposition_round_trip(tmp_path):
+    store = Store(tmp_path)
+    dec = Decomposition(np.arange(3.0), np.ones((3, 4, 5), np.float32), (40, 50), (40, 50), (32, 48), 16, {"a": 1})
+    store.save_decomposition("k3", dec)
+    back = store.load_decomposition("k3")
+    np.testing.assert_array_equal(back.eigenvectors, dec.eigenvectors)
+    assert back.settings == {"a": 1}
+
+
+def test_stale_temp_files_removed(tmp_path):
+    (tmp_path / "features").mkdir()
+    dead = tmp_path / "features" / ".x.npz.999999999.tmp"
+    dead.write_bytes(b"half")
+    alive = tmp_path / f".y.npz.{os.getpid()}.tmp"
+    alive.write_bytes(b"mine")
+    assert remove_stale_temp_files(tmp_path) == 1
+    assert not dead.exists() and alive.exists()
+
+
+def test_file_digest(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x" * 3_000_000)
+    b.write_bytes(b"x" * 2_999_999 + b"y")
+    assert file_digest(a) != file_digest(b) and len(file_digest(a)) == 64
