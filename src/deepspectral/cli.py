@@ -1,0 +1,376 @@
+"""The ``deepspectral`` command line.
+
+::
+
+    deepspectral eigs     INPUTS... -o OUT        # OUT/<name>.npz + OUT/<name>.eigs.png
+    deepspectral localize INPUTS... -o OUT        # OUT/boxes.json (+ --save-viz pictures)
+    deepspectral segment  INPUTS... -o OUT        # OUT/<name>.png masks, 0/255
+
+INPUTS are image files, folders (searched recursively) and ``.txt`` lists of paths. Output
+names keep each image's path relative to the folder it came from.
+
+Exit status: 0 when every image was processed, 1 when some failed (listed in
+``OUT/errors.json``), 2 on bad arguments or when the backbone cannot be loaded.
+
+Only ``argparse`` and the defaults are imported at start, so ``--help`` and ``--version``
+answer without importing torch; the pipeline is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import defaults
+from ._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import RunSummary
+
+__all__ = ["main", "build_parser"]
+
+#: Exit status when some images failed / on usage and setup errors (as argparse uses).
+EXIT_FAILED_IMAGES = 1
+EXIT_USAGE = 2
+
+#: Height cap of the ``.eigs.png`` pictures (the eigenvectors themselves are saved in full).
+FIGURE_MAX_HEIGHT = 768
+BOXES_FILE = "boxes.json"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: ...)`` for options with a real default (not for flags / None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _backbone_names() -> list[str]:
+    # backbones.py keeps torch out of its module level, so this stays light.
+    from .backbones import BACKBONES
+
+    return sorted(BACKBONES)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    io = common.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) and .txt files listing paths (one a line)",
+    )
+    io.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
+    io.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
+    model = common.add_argument_group("backbone")
+    names = _backbone_names()
+    model.add_argument(
+        "--backbone",
+        choices=names,
+        default=defaults.BACKBONE,
+        metavar="NAME",
+        help="feature extractor, one of: " + ", ".join(names),
+    )
+    model.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="checkpoint file to load instead of downloading the pretrained weights "
+        "(a DINO .pth as published, or a timm / safetensors state dict); use it offline",
+    )
+    model.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the backbone runs (auto: CUDA when available, else the CPU)",
+    )
+    model.add_argument("--block", type=int, default=defaults.BLOCK, help="transformer block the features come from")
+    model.add_argument("--feature", choices=defaults.FEATURE_KINDS, default=defaults.FEATURE, help="which features of that block")
+    model.add_argument(
+        "--max-size",
+        type=_non_negative_int,
+        default=defaults.MAX_SIZE,
+        help="longest image side (pixels) used for the features and eigenvectors; larger images are "
+        "downscaled and results mapped back to the original pixels (0: no limit)",
+    )
+    spectral = common.add_argument_group("spectral decomposition")
+    spectral.add_argument(
+        "--knn-lambda",
+        type=_non_negative_float,
+        default=defaults.KNN_LAMBDA,
+        help="weight of the colour (KNN-matting) affinity; 0 uses the features only",
+    )
+    spectral.add_argument(
+        "--n-eigenvectors",
+        type=_positive_int,
+        default=defaults.N_EIGENVECTORS,
+        help="eigenvectors computed, the constant one included",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``deepspectral`` (subcommands ``eigs``, ``localize``, ``segment``)."""
+    formatter = _HelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="deepspectral",
+        description="Deep Spectral Methods: unsupervised object localization and segmentation "
+        "from the eigenvectors of a self-supervised ViT's feature affinity.",
+        epilog="Exit status: 0 all images done, 1 some images failed (see OUT/errors.json), "
+        "2 bad arguments or backbone unavailable.",
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_parser()
+
+    eigs = commands.add_parser(
+        "eigs",
+        parents=[common],
+        formatter_class=formatter,
+        help="eigenvectors of each image (.npz) and a picture of them",
+        description="Per image: OUT/<name>.npz (eigenvalues, eigenvectors on the 1/8 grid, sizes, "
+        "settings; see deepspectral.Decomposition.load_npz) and OUT/<name>.eigs.png "
+        "(the image and its non-constant eigenvectors).",
+    )
+    eigs.set_defaults(handler=_run_eigs)
+
+    localize = commands.add_parser(
+        "localize",
+        parents=[common],
+        formatter_class=formatter,
+        help="a box around the main object of each image (boxes.json)",
+        description="Writes OUT/boxes.json: a list of {image, file, box_xyxy, image_size} with boxes "
+        "[x1, y1, x2, y2] in pixels of the original image (x2, y2 exclusive) and image_size [W, H].",
+    )
+    localize.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.box.jpg with the box drawn")
+    localize.set_defaults(handler=_run_localize)
+
+    segment = commands.add_parser(
+        "segment",
+        parents=[common],
+        formatter_class=formatter,
+        help="a full-resolution mask of the main object of each image",
+        description="Per image: OUT/<name>.png, a mask (8-bit greyscale, 255 = object, 0 = background) "
+        "of the original image's size, refined by a dense CRF.",
+    )
+    segment.add_argument(
+        "--no-crf",
+        dest="crf",
+        action="store_false",
+        help="skip the dense-CRF refinement (the coarse mask upsampled); no pydensecrf needed",
+    )
+    segment.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.overlay.jpg with the mask drawn")
+    segment.set_defaults(handler=_run_segment)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    print(f"deepspectral: error: {message}", file=sys.stderr)
+
+
+class _Pipeline:
+    """The loaded backbone and the settings shared by the commands."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .backbones import Backbone
+
+        self.args = args
+        self.max_size = args.max_size or None
+        self.backbone = Backbone(
+            args.backbone, weights=args.weights, device=args.device, block=args.block, feature=args.feature
+        )
+
+    def decompose(self, image):
+        from .spectral import decompose
+
+        features = self.backbone.extract(image, max_size=self.max_size)
+        return decompose(
+            features, image, knn_lambda=self.args.knn_lambda, n_eigenvectors=self.args.n_eigenvectors
+        )
+
+
+def _out_path(out_dir: Path, item, suffix: str) -> Path:
+    return out_dir.joinpath(*item.relative.parts[:-1], item.relative.name + suffix)
+
+
+def _run_eigs(args, pipeline: _Pipeline, inputs) -> "RunSummary":
+    from .data.images import load_image
+    from .runner import run_batch, save_png_atomic
+    from .viz import eigenvector_figure
+
+    def process(item) -> None:
+        image = load_image(item.path)
+        decomposition = pipeline.decompose(image)
+        npz_path = _out_path(args.out, item, ".npz")
+        npz_path.parent.mkdir(parents=True, exist_ok=True)
+        decomposition.save_npz(npz_path)
+        figure = eigenvector_figure(image, decomposition, max_height=FIGURE_MAX_HEIGHT)
+        save_png_atomic(_out_path(args.out, item, ".eigs.png"), figure)
+
+    return run_batch(inputs, process, out_dir=args.out, desc="eigs", verbose=not args.quiet)
+
+
+def _run_localize(args, pipeline: _Pipeline, inputs) -> "RunSummary":
+    from .data.images import load_image
+    from .runner import atomic_write_json, run_batch, save_image_atomic
+    from .tasks.localize import localize
+    from .viz import draw_box
+
+    records = []
+
+    def process(item) -> None:
+        image = load_image(item.path)
+        decomposition = pipeline.decompose(image)
+        box = [int(v) for v in localize(decomposition)]
+        if args.save_viz:
+            save_image_atomic(_out_path(args.out, item, ".box.jpg"), draw_box(image, box), quality=90)
+        height, width = image.shape[:2]
+        records.append(
+            {
+                "image": item.relative.as_posix(),
+                "file": str(item.path),
+                "box_xyxy": box,
+                "image_size": [int(width), int(height)],
+            }
+        )
+
+    try:
+        summary = run_batch(inputs, process, out_dir=args.out, desc="localize", verbose=not args.quiet)
+    finally:  # boxes found before an interruption are kept
+        atomic_write_json(args.out / BOXES_FILE, records)
+    return summary
+
+
+def _run_segment(args, pipeline: _Pipeline, inputs) -> "RunSummary":
+    from .data.images import load_image
+    from .runner import run_batch, save_image_atomic, save_png_atomic
+    from .tasks.segment import segment_object
+    from .viz import overlay_mask
+
+    def process(item) -> None:
+        image = load_image(item.path)
+        decomposition = pipeline.decompose(image)
+        mask = segment_object(decomposition, image, crf=args.crf)
+        save_png_atomic(_out_path(args.out, item, ".png"), mask.astype("uint8") * 255)
+        if args.save_viz:
+            save_image_atomic(_out_path(args.out, item, ".overlay.jpg"), overlay_mask(image, mask), quality=90)
+
+    return run_batch(inputs, process, out_dir=args.out, desc="segment", verbose=not args.quiet)
+
+
+def _check_crf_available() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("pydensecrf") is None:
+        return (
+            "the dense CRF needs pydensecrf: pip install \"deepspectral[crf]\" "
+            "(or pass --no-crf to use the coarse mask upsampled)"
+        )
+    return None
+
+
+def main(argv=None) -> int:
+    """Run the ``deepspectral`` command line; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+
+    if args.weights is not None and not args.weights.is_file():
+        _error(f"--weights: no such file: '{args.weights}'")
+        return EXIT_USAGE
+    if args.out.exists() and not args.out.is_dir():
+        _error(f"-o/--out: '{args.out}' exists and is not a folder")
+        return EXIT_USAGE
+    if args.command == "segment" and args.crf:
+        problem = _check_crf_available()
+        if problem:
+            _error(problem)
+            return EXIT_USAGE
+
+    from .data.images import collect_inputs
+
+    try:
+        inputs = collect_inputs(args.inputs)
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
+
+    from .backbones import WeightsUnavailableError
+
+    try:
+        pipeline = _Pipeline(args)
+    except WeightsUnavailableError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    except (ImportError, ValueError, OSError, RuntimeError) as error:
+        _error(f"cannot load the backbone '{args.backbone}': {error}")
+        return EXIT_USAGE
+    try:
+        summary = args.handler(args, pipeline, inputs)
+    except (WeightsUnavailableError, ImportError) as error:  # raised on first use: stops the batch
+        _error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    return EXIT_FAILED_IMAGES if summary.failed else 0
