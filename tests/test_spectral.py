@@ -239,3 +239,29 @@ def test_decompose_rejects_mismatched_image():
     image, feats, _ = rectangle_case()
     with pytest.raises(ValueError, match="image"):
         decompose(feats, image[:100])
+
+
+@pytest.mark.parametrize("kernel", ["binary", "soft"])
+def test_upper_only_affinity_matches_full(kernel):
+    features = smooth_features(8, 10, 16, seed=6)
+    image = np.random.default_rng(6).uniform(0, 1, (16, 20, 3)).astype(np.float32)
+    full = affinity_matrix(features, image, knn_kernel=kernel)
+    np.testing.assert_allclose(full, full.T, atol=1e-6)
+    expected = feature_affinity(features, (16, 20)) + 10.0 * knn_affinity(image, kernel=kernel).toarray()
+    np.testing.assert_allclose(full, expected, atol=1e-4)
+    upper = affinity_matrix(features, image, knn_kernel=kernel, upper_only=True)
+    np.testing.assert_allclose(np.triu(upper), np.triu(full), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_nodes_side", [(16, 20), (30, 40)])
+def test_eigensolver_reads_only_the_upper_triangle(n_nodes_side):
+    features = smooth_features(n_nodes_side[0] // 2, n_nodes_side[1] // 2, 16, seed=7)
+    image = np.random.default_rng(7).uniform(0, 1, (*n_nodes_side, 3)).astype(np.float32)
+    full = affinity_matrix(features, image)
+    poisoned = full.copy()
+    poisoned[np.tril_indices_from(poisoned, -1)] = np.nan
+    values, vectors = laplacian_eigenvectors(full, 5)
+    values_upper, vectors_upper = laplacian_eigenvectors(poisoned, 5, upper_only=True)
+    np.testing.assert_allclose(values_upper, values, atol=1e-6)
+    for a, b in zip(vectors, vectors_upper):
+        assert abs(np.dot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9999

@@ -6,6 +6,8 @@ row-major: node ``i`` is grid cell ``(i // w, i % w)``.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse
 
@@ -15,7 +17,11 @@ __all__ = [
     "interpolation_matrix",
     "resize_bilinear",
     "feature_affinity",
+    "bilinear_taps",
     "knn_affinity",
+    "knn_pairs",
+    "add_knn_affinity",
+    "add_symmetric_pairs",
     "knn_neighbors",
 ]
 
@@ -54,14 +60,46 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(out, 0, 1), dtype=np.float32)
 
 
-def feature_affinity(features: np.ndarray, grid_size: tuple[int, int] | None = None) -> np.ndarray:
+def bilinear_taps(size_in: tuple[int, int], size_out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The 2-D bilinear operator of :func:`resize_bilinear` as 4 taps per output pixel.
+
+    Returns
+    -------
+    taps : (H * W, 4) int64
+        Input pixels (row-major indices) each output pixel reads.
+    weights : (H * W, 4) float32
+        Their weights (summing to 1; unused taps have weight 0).
+    """
+
+    def one_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+        matrix = interpolation_matrix(n_in, n_out).tocoo()
+        index = np.zeros((n_out, 2), np.int64)
+        weight = np.zeros((n_out, 2), np.float32)
+        slot = np.zeros(n_out, np.int64)
+        for row, col, value in zip(matrix.row, matrix.col, matrix.data):
+            index[row, slot[row]], weight[row, slot[row]] = col, value
+            slot[row] += 1
+        return index, weight
+
+    iy, wy = one_axis(size_in[0], size_out[0])
+    ix, wx = one_axis(size_in[1], size_out[1])
+    taps = (iy[:, None, :, None] * size_in[1] + ix[None, :, None, :]).reshape(-1, 4)
+    weights = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(-1, 4).astype(np.float32)
+    return np.ascontiguousarray(taps), np.ascontiguousarray(weights)
+
+
+def feature_affinity(
+    features: np.ndarray, grid_size: tuple[int, int] | None = None, *, upper_only: bool = False
+) -> np.ndarray:
     """Deep-feature affinity ``W_feat = max(f̂ f̂ᵀ, 0)`` on the working grid (Eq. 2).
 
     The features are L2-normalised on the patch grid, then bilinearly resized to
     ``grid_size`` (``align_corners=False``) before the product, as the paper's code does.
     The product of the resized features is computed through the exact identity
-    ``(U f)(U f)ᵀ = U (f fᵀ) Uᵀ`` (U: the sparse bilinear operator), which costs far less
-    than the Gram matrix of the upsampled features.
+    ``(U f)(U f)ᵀ = U (f fᵀ) Uᵀ`` (U: the 4-tap bilinear operator): the patch Gram matrix
+    ``G`` is resampled along its rows, then each output row is a 4-term combination of
+    those rows, thresholded at 0 as it is written. This costs far less than the Gram
+    matrix of the upsampled features.
 
     Parameters
     ----------
@@ -69,6 +107,9 @@ def feature_affinity(features: np.ndarray, grid_size: tuple[int, int] | None = N
         Patch features.
     grid_size : (h, w), optional
         Working grid; defaults to the patch grid.
+    upper_only : bool, default False
+        Fill only the upper triangle (``j >= i``) and leave the rest undefined; the
+        eigensolver reads one triangle only, and this halves the work.
 
     Returns
     -------
@@ -79,17 +120,21 @@ def feature_affinity(features: np.ndarray, grid_size: tuple[int, int] | None = N
     hp, wp, channels = features.shape
     grid_size = (hp, wp) if grid_size is None else tuple(grid_size)
     f = np.asarray(features, dtype=np.float32).reshape(hp * wp, channels)
-    norms = np.linalg.norm(f, axis=1, keepdims=True)
-    f = f / np.maximum(norms, 1e-12)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     gram = f @ f.T  # (n_p, n_p)
-    if grid_size != (hp, wp):
-        up = scipy.sparse.kron(
-            interpolation_matrix(hp, grid_size[0]), interpolation_matrix(wp, grid_size[1]), format="csr"
-        ).astype(np.float32)  # (N, n_p)
-        half = np.asarray(up @ gram, dtype=np.float32)  # (N, n_p) = U G
-        gram = np.asarray(up @ half.T, dtype=np.float32)  # (N, N) = U G Uᵀ
-    np.maximum(gram, 0.0, out=gram)
-    return gram
+    if grid_size == (hp, wp):
+        return np.maximum(gram, 0.0, out=gram)
+    from . import _kernels
+
+    taps, weights = bilinear_taps((hp, wp), grid_size)
+    n = grid_size[0] * grid_size[1]
+    half = np.empty((hp * wp, n), np.float32)
+    _kernels.upsample_rows(gram, taps, weights, half)  # G Uᵀ, (n_p, N)
+    affinity = np.empty((n, n), np.float32)
+    _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper
+    if not upper_only:
+        _kernels.mirror_upper(affinity)
+    return affinity
 
 
 def _colour_space_points(image: np.ndarray, spatial_weight: float) -> np.ndarray:
@@ -111,10 +156,50 @@ def knn_neighbors(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     from scipy.spatial import cKDTree
 
     k = min(k, len(points))
-    distances, indices = cKDTree(points).query(points, k=k, workers=-1)
+    distances, indices = cKDTree(points).query(points, k=k)
     distances = np.asarray(distances, dtype=np.float32).reshape(len(points), k)
     indices = np.asarray(indices, dtype=np.int64).reshape(len(points), k)
     return distances, indices
+
+
+def knn_pairs(
+    image: np.ndarray,
+    *,
+    settings: tuple[tuple[int, float], ...] = defaults.KNN_SETTINGS,
+    kernel: str = defaults.KNN_KERNEL,
+):
+    """Neighbour pairs of the KNN colour affinity, one setting at a time.
+
+    Yields
+    ------
+    rows, cols : (n * k,) int64
+        Pixel ``rows[t]`` has pixel ``cols[t]`` among its ``k`` nearest neighbours. Within
+        one yielded batch no ``(row, col)`` pair repeats.
+    weights : (n * k,) float32
+        1 for the binary kernel, ``max(1 - distance, 0)`` for the soft one.
+    """
+    if kernel not in defaults.KNN_KERNELS:
+        raise ValueError(f"kernel: expected one of {defaults.KNN_KERNELS}, got {kernel!r}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected shape (h, w, 3), got {image.shape}")
+    n = image.shape[0] * image.shape[1]
+    for k, _ in settings:
+        if k < 1:
+            raise ValueError(f"settings: neighbour count must be >= 1, got {k}")
+
+    def search(setting: tuple[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        return knn_neighbors(_colour_space_points(image, setting[1]), setting[0])
+
+    # the searches are independent and release the GIL: run them side by side
+    with ThreadPoolExecutor(max_workers=len(settings)) as pool:
+        searches = list(pool.map(search, settings))
+    for distances, neighbors in searches:
+        rows = np.repeat(np.arange(n), neighbors.shape[1])
+        if kernel == "binary":
+            weights = np.ones(neighbors.size, dtype=np.float32)
+        else:
+            weights = np.maximum(1.0 - distances.ravel(), 0.0).astype(np.float32)
+        yield rows, neighbors.ravel(), weights
 
 
 def knn_affinity(
@@ -144,23 +229,49 @@ def knn_affinity(
     -------
     (h * w, h * w) float32 CSR matrix, symmetric.
     """
-    if kernel not in defaults.KNN_KERNELS:
-        raise ValueError(f"kernel: expected one of {defaults.KNN_KERNELS}, got {kernel!r}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected shape (h, w, 3), got {image.shape}")
     n = image.shape[0] * image.shape[1]
     rows, cols, vals = [], [], []
-    for k, spatial_weight in settings:
-        if k < 1:
-            raise ValueError(f"settings: neighbour count must be >= 1, got {k}")
-        distances, neighbors = knn_neighbors(_colour_space_points(image, spatial_weight), k)
-        rows.append(np.repeat(np.arange(n), neighbors.shape[1]))
-        cols.append(neighbors.ravel())
-        if kernel == "binary":
-            vals.append(np.ones(neighbors.size, dtype=np.float32))
-        else:
-            vals.append(np.maximum(1.0 - distances.ravel(), 0.0).astype(np.float32))
-    i, j, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-    both_i, both_j = np.concatenate([i, j]), np.concatenate([j, i])
-    affinity = scipy.sparse.coo_matrix((np.concatenate([v, v]), (both_i, both_j)), shape=(n, n))
+    for i, j, weights in knn_pairs(image, settings=settings, kernel=kernel):
+        rows += [i, j]
+        cols += [j, i]
+        vals += [weights, weights]
+    affinity = scipy.sparse.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
     return affinity.tocsr()  # duplicates are summed
+
+
+def add_symmetric_pairs(
+    affinity: np.ndarray, rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, *, upper_only: bool = False
+) -> None:
+    """``affinity[rows, cols] += weights`` and ``affinity[cols, rows] += weights`` in place
+    on a dense ``(N, N)`` matrix. ``(rows, cols)`` pairs must not repeat (one
+    :func:`knn_pairs` batch), so fancy-index addition loses no update. With
+    ``upper_only`` only the upper triangle is updated (each pair lands on
+    ``(min, max)``; a self pair adds twice its weight to the diagonal)."""
+    flat = affinity.reshape(-1)
+    n = affinity.shape[0]
+    if not upper_only:
+        flat[rows * n + cols] += weights
+        flat[cols * n + rows] += weights
+        return
+    for select in (rows < cols, rows > cols):  # within each group targets are unique
+        low, high = np.minimum(rows[select], cols[select]), np.maximum(rows[select], cols[select])
+        flat[low * n + high] += weights[select]
+    self_pairs = rows == cols
+    flat[rows[self_pairs] * (n + 1)] += 2.0 * weights[self_pairs]
+
+
+def add_knn_affinity(
+    affinity: np.ndarray,
+    image: np.ndarray,
+    weight: float,
+    *,
+    settings: tuple[tuple[int, float], ...] = defaults.KNN_SETTINGS,
+    kernel: str = defaults.KNN_KERNEL,
+) -> np.ndarray:
+    """``affinity += weight · W_knn`` in place on a dense ``(N, N)`` matrix, without
+    building the sparse matrix (same result as adding :func:`knn_affinity`)."""
+    for rows, cols, weights in knn_pairs(image, settings=settings, kernel=kernel):
+        add_symmetric_pairs(affinity, rows, cols, weight * weights)
+    return affinity

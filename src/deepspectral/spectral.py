@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import scipy.sparse.linalg
 
 from . import defaults
 from ._version import __version__
-from .affinity import feature_affinity, knn_affinity, resize_bilinear
+from .affinity import add_symmetric_pairs, feature_affinity, knn_pairs, resize_bilinear
 from .data.images import as_rgb_array, resize_image
 from .features import PatchFeatures
 
@@ -137,6 +138,7 @@ def affinity_matrix(
     *,
     knn_lambda: float = defaults.KNN_LAMBDA,
     knn_kernel: str = defaults.KNN_KERNEL,
+    upper_only: bool = False,
 ) -> np.ndarray:
     """Fused affinity ``W = W_feat + λ_knn · W_knn`` (Eq. 3) as a dense matrix.
 
@@ -146,6 +148,9 @@ def affinity_matrix(
         Patch features (normalised and resized to the grid here).
     image_small : (h, w, 3) float in [0, 1]
         The cropped image resized to the working grid ``(h, w)``.
+    upper_only : bool, default False
+        Fill only the upper triangle (``j >= i``); what :func:`laplacian_eigenvectors`
+        needs with ``upper_only=True``.
 
     Returns
     -------
@@ -154,11 +159,14 @@ def affinity_matrix(
     if knn_lambda < 0:
         raise ValueError(f"knn_lambda: expected a value >= 0, got {knn_lambda}")
     grid = image_small.shape[:2]
-    affinity = feature_affinity(features, grid)
-    if knn_lambda > 0:
-        colour = knn_affinity(image_small, kernel=knn_kernel).tocoo()  # duplicates summed
-        flat = affinity.reshape(-1)
-        flat[colour.row.astype(np.int64) * affinity.shape[0] + colour.col] += knn_lambda * colour.data
+    if knn_lambda == 0:
+        return feature_affinity(features, grid, upper_only=upper_only)
+    # the colour neighbour search runs beside the feature product
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        colour_pairs = pool.submit(lambda: list(knn_pairs(image_small, kernel=knn_kernel)))
+        affinity = feature_affinity(features, grid, upper_only=upper_only)
+        for rows, cols, weights in colour_pairs.result():
+            add_symmetric_pairs(affinity, rows, cols, knn_lambda * weights, upper_only=upper_only)
     return affinity
 
 
@@ -176,20 +184,25 @@ def orient_eigenvectors(eigenvectors: np.ndarray) -> np.ndarray:
     return eigenvectors
 
 
-def laplacian_eigenvectors(affinity: np.ndarray, n_eigenvectors: int) -> tuple[np.ndarray, np.ndarray]:
+def laplacian_eigenvectors(
+    affinity: np.ndarray, n_eigenvectors: int, *, upper_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Smallest eigenpairs of ``(D - W) y = λ D y`` for a dense symmetric affinity ``W``.
 
     Works on ``M = D^-1/2 W D^-1/2``, whose largest eigenvalues are ``μ = 1 - λ``. The top
     eigenpair is known exactly (``μ = 1``, ``v ∝ D^1/2 1``) and is deflated to ``μ = -1``;
-    Lanczos (ARPACK) then finds the next ``K - 1`` from matrix-vector products only.
-    Small grids use dense ``eigh``.
+    Lanczos (ARPACK) then finds the next ``K - 1`` from matrix-vector products only, each
+    reading one triangle of ``W`` (BLAS ``symv``). Small grids use dense ``eigh``.
 
     Parameters
     ----------
     affinity : (N, N) float32
-        Symmetric, non-negative affinity (not modified).
+        Symmetric, non-negative affinity, C-ordered. Not modified, except that with
+        ``upper_only`` the lower triangle may be filled in when dense ``eigh`` is used.
     n_eigenvectors : int
         K, the number of eigenpairs (the constant one included); capped at N.
+    upper_only : bool, default False
+        Only the upper triangle (``j >= i``) of ``affinity`` is valid.
 
     Returns
     -------
@@ -198,28 +211,44 @@ def laplacian_eigenvectors(affinity: np.ndarray, n_eigenvectors: int) -> tuple[n
     """
     n = affinity.shape[0]
     k = min(int(n_eigenvectors), n)
-    degree = np.maximum(affinity.sum(axis=1, dtype=np.float64), 1e-12)
+    affinity = np.ascontiguousarray(affinity)
+    degree = np.maximum(_symmetric_matvec(affinity, np.ones(n, affinity.dtype)).astype(np.float64), 1e-12)
     inv_sqrt = 1.0 / np.sqrt(degree)
     top = np.sqrt(degree) / np.linalg.norm(np.sqrt(degree))  # eigenvector of M for μ = 1
     values = np.ones(k, dtype=np.float64)
     vectors = np.empty((k, n), dtype=np.float64)
     vectors[0] = top
     if k > 1:
-        values[1:], vectors[1:] = _deflated_top_eigenpairs(affinity, inv_sqrt, top, k - 1)
+        values[1:], vectors[1:] = _deflated_top_eigenpairs(affinity, inv_sqrt, top, k - 1, upper_only)
     eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
     eigenvalues[0] = 0.0
     eigenvectors = (vectors * inv_sqrt[None, :]).astype(np.float32)
     return eigenvalues, eigenvectors
 
 
+def _symmetric_matvec(matrix: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``matrix @ x`` for a symmetric C-ordered matrix, reading its upper triangle only
+    (BLAS ``symv`` on the copy-free Fortran-ordered transpose; about 3x faster than
+    ``gemv`` here)."""
+    from scipy.linalg import blas
+
+    if matrix.dtype == np.float32:
+        return blas.ssymv(1.0, matrix.T, x.astype(np.float32, copy=False), lower=1)
+    return blas.dsymv(1.0, matrix.T.astype(np.float64, copy=False), x.astype(np.float64, copy=False), lower=1)
+
+
 def _deflated_top_eigenpairs(
-    affinity: np.ndarray, inv_sqrt: np.ndarray, top: np.ndarray, k: int
+    affinity: np.ndarray, inv_sqrt: np.ndarray, top: np.ndarray, k: int, upper_only: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Largest ``k`` eigenpairs ``(μ (k,), v (k, N))``, descending, of
     ``M - 2 v₀ v₀ᵀ`` with ``M = D^-1/2 W D^-1/2``."""
     n = affinity.shape[0]
+
     def dense() -> tuple[np.ndarray, np.ndarray]:
-        matrix = affinity.astype(np.float64) * inv_sqrt[:, None] * inv_sqrt[None, :]
+        matrix = affinity.astype(np.float64)
+        if upper_only:
+            matrix = np.triu(matrix) + np.triu(matrix, 1).T
+        matrix *= inv_sqrt[:, None] * inv_sqrt[None, :]
         matrix -= 2.0 * np.outer(top, top)
         return scipy.linalg.eigh(matrix, subset_by_index=[n - k, n - 1])
 
@@ -232,7 +261,7 @@ def _deflated_top_eigenpairs(
 
         def matvec(x: np.ndarray) -> np.ndarray:
             x = x.reshape(-1).astype(dtype, copy=False)
-            return scale * (affinity @ (scale * x)) - (2.0 * float(top_ @ x)) * top_
+            return scale * _symmetric_matvec(affinity, scale * x) - (2.0 * float(top_ @ x)) * top_
 
         operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=dtype)
         start = np.random.default_rng(0).standard_normal(n).astype(dtype)
@@ -303,8 +332,10 @@ def decompose(
             f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
         )
     image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
-    affinity = affinity_matrix(features.features, image_small, knn_lambda=knn_lambda, knn_kernel=knn_kernel)
-    eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors)
+    affinity = affinity_matrix(
+        features.features, image_small, knn_lambda=knn_lambda, knn_kernel=knn_kernel, upper_only=True
+    )
+    eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
     eigenvectors = orient_eigenvectors(eigenvectors.reshape(-1, *grid))
     settings = {
         "backbone": features.backbone,
