@@ -245,9 +245,9 @@ def _deflated_top_eigenpairs(
     n = affinity.shape[0]
 
     def dense() -> tuple[np.ndarray, np.ndarray]:
-        matrix = affinity.astype(np.float64)
-        if upper_only:
-            matrix = np.triu(matrix) + np.triu(matrix, 1).T
+        matrix = (np.triu(affinity) if upper_only else affinity).astype(np.float64)
+        if upper_only:  # the lower triangle is undefined: rebuild it from the upper one
+            matrix += np.triu(matrix, 1).T
         matrix *= inv_sqrt[:, None] * inv_sqrt[None, :]
         matrix -= 2.0 * np.outer(top, top)
         return scipy.linalg.eigh(matrix, subset_by_index=[n - k, n - 1])
