@@ -19,6 +19,7 @@ answer without importing torch; the pipeline is imported inside the commands.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import re
 import sys
@@ -40,6 +41,12 @@ EXIT_USAGE = 2
 #: Height cap of the ``.eigs.png`` pictures (the eigenvectors themselves are saved in full).
 FIGURE_MAX_HEIGHT = 768
 BOXES_FILE = "boxes.json"
+
+#: Modules adding command families; each has ``register(commands, common, formatter)``
+#: (``commands``: the subparsers, ``common``: the shared backbone/decomposition options
+#: parser to use as a parent) and must import nothing heavy at module level. A command
+#: that sets ``run=fn`` in its defaults is run as ``fn(args) -> exit status``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -207,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.overlay.jpg with the mask drawn")
     segment.set_defaults(handler=_run_segment)
+
+    for module_name in COMMAND_MODULES:  # further command families, each in its own module
+        importlib.import_module(module_name).register(commands, common, formatter)
     return parser
 
 
@@ -334,6 +344,8 @@ def main(argv=None) -> int:
     except SystemExit as exit_:  # --help, --version, usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    if getattr(args, "run", None) is not None:  # a command module that runs itself
+        return args.run(args)
 
     if args.weights is not None and not args.weights.is_file():
         _error(f"--weights: no such file: '{args.weights}'")

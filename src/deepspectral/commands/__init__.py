@@ -1,0 +1,1 @@
+"""Command families of the ``deepspectral`` CLI beyond eigs / localize / segment."""
