@@ -55,9 +55,9 @@ def test_decomposition_round_trip(tmp_path):
 
 def test_stale_temp_files_removed(tmp_path):
     (tmp_path / "features").mkdir()
-    dead = tmp_path / "features" / ".x.npz.999999999.tmp"
+    dead = tmp_path / "features" / ".x.npz.999999999.ab12cd34.tmp"
     dead.write_bytes(b"half")
-    alive = tmp_path / f".y.npz.{os.getpid()}.tmp"
+    alive = tmp_path / f".y.npz.{os.getpid()}.ab12cd34.tmp"
     alive.write_bytes(b"mine")
     assert remove_stale_temp_files(tmp_path) == 1
     assert not dead.exists() and alive.exists()
@@ -68,3 +68,13 @@ def test_file_digest(tmp_path):
     a.write_bytes(b"x" * 3_000_000)
     b.write_bytes(b"x" * 2_999_999 + b"y")
     assert file_digest(a) != file_digest(b) and len(file_digest(a)) == 64
+
+
+def test_npz_files_are_byte_reproducible(tmp_path):
+    dec = Decomposition(np.arange(3.0), np.ones((3, 4, 5), np.float32), (40, 50), (40, 50), (32, 48), 16, {"a": 1})
+    dec.save_npz(tmp_path / "a.npz")
+    import time
+
+    time.sleep(2.1)  # zip timestamps have 2 s resolution
+    dec.save_npz(tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()

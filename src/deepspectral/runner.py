@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_savez",
     "save_image_atomic",
     "save_png_atomic",
     "ERRORS_FILE",
@@ -80,6 +81,21 @@ def atomic_write_json(path, obj) -> Path:
     """Write ``obj`` as indented UTF-8 JSON (non-ASCII kept as is) to ``path`` atomically."""
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_savez(path, arrays: dict) -> Path:
+    """Write ``arrays`` as an uncompressed ``.npz`` (readable with :func:`numpy.load`)
+    atomically, with fixed zip timestamps so the same arrays always give the same bytes."""
+    import zipfile
+
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+    return atomic_write(path, write)
 
 
 def _as_pil(image):

@@ -95,21 +95,21 @@ class Decomposition:
         ``input_size``, ``crop_size`` (2,) int, ``patch_size`` () int and ``metadata``
         (a JSON string with the settings and the library version).
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from .runner import atomic_savez
+
         metadata = json.dumps({"settings": self.settings, "version": __version__}, sort_keys=True)
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                eigenvalues=self.eigenvalues,
-                eigenvectors=self.eigenvectors,
-                image_size=np.array(self.image_size, dtype=np.int64),
-                input_size=np.array(self.input_size, dtype=np.int64),
-                crop_size=np.array(self.crop_size, dtype=np.int64),
-                patch_size=np.array(self.patch_size, dtype=np.int64),
-                metadata=np.array(metadata),
-            )
-        os.replace(tmp, path)
+        atomic_savez(
+            path,
+            {
+                "eigenvalues": self.eigenvalues,
+                "eigenvectors": self.eigenvectors,
+                "image_size": np.array(self.image_size, dtype=np.int64),
+                "input_size": np.array(self.input_size, dtype=np.int64),
+                "crop_size": np.array(self.crop_size, dtype=np.int64),
+                "patch_size": np.array(self.patch_size, dtype=np.int64),
+                "metadata": np.array(metadata),
+            },
+        )
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike) -> "Decomposition":

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import PatchFeatures
+from .runner import atomic_savez
 from .spectral import Decomposition
 
 __all__ = ["CACHE_FORMAT_VERSION", "Store", "file_digest", "cache_key", "remove_stale_temp_files"]
@@ -105,7 +106,7 @@ class Store:
         }
         if features.cls is not None:
             arrays["cls"] = features.cls.astype(np.float16)
-        _atomic_savez(self._path("features", key), arrays)
+        atomic_savez(self._path("features", key), arrays)
         return PatchFeatures(
             features=half.astype(np.float32),
             patch_size=features.patch_size,
@@ -135,22 +136,15 @@ class Store:
         decomposition.save_npz(path)
 
 
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
-
-
 def remove_stale_temp_files(folder: str | os.PathLike) -> int:
-    """Delete temporary files ``.<name>.<pid>.tmp`` left under ``folder`` by processes that
-    no longer run (a killed run). Returns how many were removed."""
+    """Delete temporary files ``.<name>.<pid>.<token>.tmp`` (see
+    :func:`deepspectral.runner.atomic_write`) left under ``folder`` by processes that no
+    longer run (a killed run). Returns how many were removed."""
     removed = 0
     for path in Path(folder).rglob(".*.tmp"):
         try:
-            pid = int(path.name.rsplit(".", 2)[-2])
-        except ValueError:
+            pid = int(path.name.rsplit(".", 3)[-3])
+        except (ValueError, IndexError):
             continue
         if pid != os.getpid() and not _process_exists(pid):
             path.unlink(missing_ok=True)
