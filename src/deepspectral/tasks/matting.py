@@ -1,0 +1,771 @@
+"""Image matting (paper Sec. 4.4): soft alpha mattes and soft layers from the eigenvectors.
+
+Two modes compute the same kind of result, an alpha matte of the main object at the
+original image size (and, with ``n_layers``, soft layers that sum to 1):
+
+``"full"`` — the paper's recipe
+    The decomposition of Sec. 3.2 at *full* resolution of the (cropped) input image:
+    features bilinearly upsampled from the patch grid to every pixel, ``W_feat`` sparsified
+    by keeping a seeded random ``sample_rate`` (default 1/256 = 1/16²) of its entries, plus
+    ``λ_knn · W_knn`` (the KNN colour affinity of the full-resolution image). The dense
+    ``N × N`` matrix is never formed: pairs ``(i, j)``, ``i < j``, are drawn row by row
+    (``Binomial(N - 1 - i, rate)`` partners for row ``i``) and only their affinities
+    ``max(f_i · f_j, 0)`` are computed, through the exact identity
+    ``f_i · f_j = Σ_a Σ_b u_ia u_jb G[p_ia, p_jb]`` (``u``/``p``: the 4 bilinear taps of a
+    pixel, ``G``: the Gram matrix of the L2-normalised patch features). The sampled
+    entries are *not* rescaled (as in the paper). The eigenvectors of the normalised
+    Laplacian (Lanczos on ``D^-1/2 W D^-1/2`` with the constant eigenvector deflated) then
+    give soft layers by *spectral matting* (below); the alpha matte is the layer grown from
+    the Fiedler vector's positive (minority) side. Images whose crop has more than
+    ``max_pixels`` pixels are processed at a reduced scale (default 65,536 pixels, about
+    320 × 205) and the results resized back: the paper itself notes that the full-
+    resolution eigenproblem takes "around 1 min on 100 CPUs".
+
+``"fast"`` — eigenvectors on the 1/8 grid, then a matting solve (the default)
+    :func:`deepspectral.decompose` on the working grid (as for segmentation), the coarse
+    mask ``y₁ > 0`` upsampled to the input image, a trimap from it (eroded mask = known
+    foreground, outside the dilated mask = known background, a band of ``band`` pixels on
+    either side of the boundary unknown), then a KNN-matting solve (Chen et al. 2012, the
+    colour affinity of the paper's Eq. 1 on the full-resolution image) for the unknown
+    pixels only: ``L_UU α_U = -L_UK α_K`` by conjugate gradients with a Jacobi
+    preconditioner. With ``n_layers`` the layers are computed on the grid by spectral
+    matting, and each is refined the same way from its own trimap, then renormalised to
+    sum to 1.
+
+**Spectral matting layers** (after Levin, Rav-Acha & Lischinski 2008, simplified): the
+``K`` eigenvectors span a smooth, edge-aware subspace that contains the constant vector.
+Starting from a hard partition (seeded k-means++ on the rows of the eigenvector matrix,
+or a given labelling), the layers alternate between the orthogonal projection onto that
+subspace and the projection onto the probability simplex per pixel (clip to ``[0, 1]``,
+renormalise to sum 1). Because the constant vector lies in the subspace, the projection
+keeps the sum at 1; the result is non-negative, sums to 1 at every pixel and is soft
+only where the eigenvectors are. This replaces Levin et al.'s Newton iterations on a
+sparsity prior with a projection scheme that needs no tuning.
+
+Foreground colours are the image's own colours (no colour decontamination): cut-outs
+(:func:`cutout_rgba`) and composites (:func:`composite`) may show a thin halo of the old
+background where alpha is fractional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+from .. import defaults
+from ..affinity import bilinear_taps, knn_affinity, resize_bilinear
+from ..data.images import as_rgb_array, resize_image
+from ..features import PatchFeatures
+from ..spectral import Decomposition, decompose, orient_eigenvectors
+
+__all__ = [
+    "MATTING_MODES",
+    "MATTING_MODE",
+    "FEATURE_SAMPLE_RATE",
+    "FULL_MAX_PIXELS",
+    "TRIMAP_BAND",
+    "Matte",
+    "matte",
+    "SparseAffinity",
+    "full_resolution_affinity",
+    "sparse_laplacian_eigenvectors",
+    "matting_layers",
+    "trimap_from_mask",
+    "knn_matting_alpha",
+    "cutout_rgba",
+    "composite",
+]
+
+#: Matting modes: ``"fast"`` (grid eigenvectors + trimap + KNN-matting solve) and
+#: ``"full"`` (the paper's full-resolution sparse decomposition).
+MATTING_MODES = ("fast", "full")
+#: Default mode (see the module docstring and ``benchmarks/bench_matting.py``).
+MATTING_MODE = "fast"
+#: Share of the full-resolution feature affinity kept in ``"full"`` mode (paper: 1/16²).
+FEATURE_SAMPLE_RATE = 1.0 / 256.0
+#: Largest number of pixels the ``"full"`` mode decomposes; larger crops are downscaled.
+FULL_MAX_PIXELS = 65_536
+#: Half-width (pixels of the input image) of the unknown band of the ``"fast"`` trimap:
+#: two cells of the 1/8 working grid.
+TRIMAP_BAND = 2 * defaults.GRID_STRIDE
+#: Iterations of the alternating projections of :func:`matting_layers`.
+LAYER_ITERATIONS = 30
+
+
+# ---------------------------------------------------------------------------------------
+# Full-resolution sparse affinity
+# ---------------------------------------------------------------------------------------
+
+
+def _sample_kernel():
+    from numba import njit
+
+    @njit(cache=True, nogil=True)
+    def count_pairs(n, rate, seed):  # pragma: no cover - compiled
+        np.random.seed(seed)
+        counts = np.empty(n, np.int64)
+        for i in range(n):
+            remaining = n - 1 - i
+            counts[i] = np.random.binomial(remaining, rate) if remaining > 0 else 0
+        return counts
+
+    @njit(cache=True, nogil=True, fastmath=True)
+    def fill_pairs(indptr, gram, taps, weights, seed, indices, data):  # pragma: no cover
+        np.random.seed(seed + 1)
+        n = taps.shape[0]
+        for i in range(n):
+            start = indptr[i]
+            stop = indptr[i + 1]
+            for t in range(start, stop):
+                j = i + 1 + np.random.randint(0, n - 1 - i)
+                value = 0.0
+                for a in range(4):
+                    wa = weights[i, a]
+                    if wa == 0.0:
+                        continue
+                    row = gram[taps[i, a]]
+                    for b in range(4):
+                        value += wa * weights[j, b] * row[taps[j, b]]
+                indices[t] = j
+                data[t] = value if value > 0.0 else 0.0
+        return indices
+
+    @njit(cache=True, nogil=True, fastmath=True)
+    def self_affinity(gram, taps, weights):  # pragma: no cover - compiled
+        n = taps.shape[0]
+        out = np.empty(n, np.float32)
+        for i in range(n):
+            value = 0.0
+            for a in range(4):
+                for b in range(4):
+                    value += weights[i, a] * weights[i, b] * gram[taps[i, a], taps[i, b]]
+            out[i] = value if value > 0.0 else 0.0
+        return out
+
+    return count_pairs, fill_pairs, self_affinity
+
+
+_KERNELS = None
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _sample_kernel()
+    return _KERNELS
+
+
+@dataclass(frozen=True)
+class SparseAffinity:
+    """A symmetric sparse affinity ``W = S + Sᵀ + diag(s) + C`` stored without the dense matrix.
+
+    Attributes
+    ----------
+    upper : (N, N) float32 CSR
+        Sampled feature affinities strictly above the diagonal (``S``).
+    diagonal : (N,) float32
+        Feature self-affinities ``max(f_i · f_i, 0)`` (``s``; not sampled).
+    colour : (N, N) float32 CSR
+        ``λ_knn · W_knn`` (``C``, symmetric), or an all-zero matrix when λ_knn = 0.
+    size : (h, w)
+        Pixel grid the nodes live on (row-major).
+    """
+
+    upper: scipy.sparse.csr_matrix
+    diagonal: np.ndarray
+    colour: scipy.sparse.csr_matrix
+    size: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self.diagonal.shape[0]
+        return (n, n)
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (the upper part counts once)."""
+        return int(self.upper.nnz + self.colour.nnz + self.diagonal.size)
+
+    def matmat(self, x: np.ndarray) -> np.ndarray:
+        """``W @ x`` for ``x`` of shape ``(N,)`` or ``(N, m)``."""
+        x = np.asarray(x, dtype=np.float32)
+        out = self.upper @ x
+        out += self.upper.T @ x
+        out += self.colour @ x
+        out += (self.diagonal[:, None] * x) if x.ndim == 2 else self.diagonal * x
+        return out
+
+    def degree(self) -> np.ndarray:
+        """Row sums ``W 1``, (N,) float64."""
+        ones = np.ones(self.shape[0], np.float32)
+        return self.matmat(ones).astype(np.float64)
+
+    def to_csr(self) -> scipy.sparse.csr_matrix:
+        """The whole matrix as one CSR (for tests on small images; doubles the memory)."""
+        full = self.upper + self.upper.T + self.colour + scipy.sparse.diags(self.diagonal)
+        return full.tocsr()
+
+
+def full_resolution_affinity(
+    features: PatchFeatures | np.ndarray,
+    image_full: np.ndarray,
+    *,
+    knn_lambda: float = defaults.KNN_LAMBDA,
+    sample_rate: float = FEATURE_SAMPLE_RATE,
+    knn_kernel: str = defaults.KNN_KERNEL,
+    seed: int = 0,
+) -> SparseAffinity:
+    """Paper Sec. 4.4: ``W = sample(W_feat) + λ_knn · W_knn`` at the resolution of ``image_full``.
+
+    Parameters
+    ----------
+    features : PatchFeatures or (h_p, w_p, C) float
+        Patch features; L2-normalised on the patch grid, then (implicitly) bilinearly
+        upsampled to the pixels of ``image_full`` (``align_corners=False``).
+    image_full : (H, W, 3) float in [0, 1]
+        The image the nodes are the pixels of (the cropped input, possibly downscaled).
+    knn_lambda : float, default 10
+        Weight of the colour affinity.
+    sample_rate : float in (0, 1], default 1/256
+        Expected share of the feature affinity's off-diagonal entries kept (symmetrically).
+    knn_kernel : {"binary", "soft"}
+    seed : int, default 0
+        Seeds the sampled pairs.
+
+    Returns
+    -------
+    SparseAffinity
+        About ``sample_rate · N² / 2`` stored feature entries plus ``≤ 60 N`` colour ones.
+    """
+    patch = features.features if isinstance(features, PatchFeatures) else np.asarray(features)
+    if patch.ndim != 3:
+        raise ValueError(f"features: expected shape (h, w, C), got {patch.shape}")
+    image_full = np.asarray(image_full, dtype=np.float32)
+    if image_full.ndim != 3 or image_full.shape[2] != 3:
+        raise ValueError(f"image_full: expected shape (H, W, 3), got {image_full.shape}")
+    if not (np.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
+        raise ValueError(f"sample_rate: expected a value in (0, 1], got {sample_rate!r}")
+    if not np.isfinite(knn_lambda) or knn_lambda < 0:
+        raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
+    if knn_kernel not in defaults.KNN_KERNELS:
+        raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
+    hp, wp, channels = patch.shape
+    size = (int(image_full.shape[0]), int(image_full.shape[1]))
+    n = size[0] * size[1]
+    f = np.asarray(patch, dtype=np.float32).reshape(hp * wp, channels)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    gram = np.ascontiguousarray(f @ f.T, dtype=np.float32)
+    taps, weights = bilinear_taps((hp, wp), size)
+    count_pairs, fill_pairs, self_affinity = _kernels()
+    counts = count_pairs(n, float(sample_rate), int(seed) % (2**31))
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    total = int(indptr[-1])
+    index_type = np.int32 if n < 2**31 and total < 2**31 else np.int64
+    indices = np.empty(total, index_type)
+    data = np.empty(total, np.float32)
+    fill_pairs(indptr, gram, taps, weights, int(seed) % (2**31), indices, data)
+    upper = scipy.sparse.csr_matrix((data, indices, indptr.astype(index_type)), shape=(n, n))
+    diagonal = self_affinity(gram, taps, weights)
+    if knn_lambda > 0:
+        colour = knn_affinity(image_full, kernel=knn_kernel)
+        colour = (colour * np.float32(knn_lambda)).astype(np.float32).tocsr()
+    else:
+        colour = scipy.sparse.csr_matrix((n, n), dtype=np.float32)
+    return SparseAffinity(upper=upper, diagonal=diagonal, colour=colour, size=size)
+
+
+def sparse_laplacian_eigenvectors(
+    affinity: SparseAffinity | scipy.sparse.spmatrix,
+    n_eigenvectors: int,
+    *,
+    tol: float = 1e-5,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest eigenpairs of ``(D - W) y = λ D y`` for a *sparse* symmetric affinity.
+
+    Lanczos (ARPACK ``eigsh``, largest algebraic) on ``M = D^-1/2 W D^-1/2`` with its known
+    top eigenvector ``D^1/2 1`` deflated to ``-1``, from sparse products only; the same
+    eigenpairs as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)``.
+
+    Parameters
+    ----------
+    affinity : SparseAffinity or (N, N) scipy sparse matrix
+        Symmetric, non-negative.
+    n_eigenvectors : int
+        K, eigenpairs returned (the constant one included), capped at N.
+    tol : float, default 1e-5
+        ARPACK's relative accuracy.
+    seed : int, default 0
+        Seeds the Lanczos start vector.
+
+    Returns
+    -------
+    eigenvalues : (K,) float64, ascending, the first 0
+    eigenvectors : (K, N) float32, ``D``-orthonormal, not oriented
+    """
+    if not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 1:
+        raise ValueError(f"n_eigenvectors: expected an integer >= 1, got {n_eigenvectors!r}")
+    if isinstance(affinity, SparseAffinity):
+        product = affinity.matmat
+    elif scipy.sparse.issparse(affinity):
+        matrix = affinity.tocsr().astype(np.float32)
+        product = lambda x: matrix @ np.asarray(x, dtype=np.float32)  # noqa: E731
+    else:
+        raise ValueError(f"affinity: expected a SparseAffinity or a scipy sparse matrix, got {type(affinity).__name__}")
+    n = affinity.shape[0]
+    k = min(int(n_eigenvectors), n)
+    degree = np.maximum(product(np.ones(n, np.float32)).astype(np.float64), 1e-12)
+    inv_sqrt = (1.0 / np.sqrt(degree)).astype(np.float32)
+    top64 = np.sqrt(degree) / np.linalg.norm(np.sqrt(degree))
+    top = top64.astype(np.float32)
+    values = np.ones(k, np.float64)
+    vectors = np.empty((k, n), np.float64)
+    vectors[0] = top64
+    if k > 1:
+        if n <= 400 or k >= n - 1:  # tiny problems: dense
+            dense = np.column_stack([product(column) for column in np.eye(n, dtype=np.float32)]).astype(np.float64)
+            dense = dense * inv_sqrt[:, None] * inv_sqrt[None, :] - 2.0 * np.outer(top64, top64)
+            mu, v = np.linalg.eigh(dense)
+            mu, v = mu[n - k + 1 :], v[:, n - k + 1 :]
+        else:
+
+            def matvec(x: np.ndarray) -> np.ndarray:
+                x = np.asarray(x, dtype=np.float32).reshape(n, -1)
+                out = inv_sqrt[:, None] * product(inv_sqrt[:, None] * x)
+                out -= 2.0 * top[:, None] * (top @ x)[None, :]
+                return out
+
+            operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float32)
+            start = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+            ncv = min(n - 1, max(2 * k + 1, 24))
+            mu, v = scipy.sparse.linalg.eigsh(operator, k=k - 1, which="LA", v0=start, tol=tol, ncv=ncv)
+        order = np.argsort(-mu)
+        values[1:] = mu[order]
+        vectors[1:] = v[:, order].T
+    eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
+    eigenvalues[0] = 0.0
+    return eigenvalues, (vectors * inv_sqrt[None, :].astype(np.float64)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Layers, trimaps, matting solve, compositing
+# ---------------------------------------------------------------------------------------
+
+
+def matting_layers(
+    eigenvectors: np.ndarray,
+    n_layers: int,
+    *,
+    labels: np.ndarray | None = None,
+    iterations: int = LAYER_ITERATIONS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Soft layers (non-negative, summing to 1 per pixel) from eigenvectors (spectral matting).
+
+    Parameters
+    ----------
+    eigenvectors : (K, ...) float
+        Eigenvectors (the constant one included, or not: it is added to the span).
+    n_layers : int >= 1
+        Number of layers.
+    labels : (...) int, optional
+        Initial hard partition, values in ``[0, n_layers)``; default: k-means++ (seeded)
+        on the rows of the non-constant eigenvectors (each scaled to unit RMS).
+    iterations : int, default 30
+        Alternating projections (span of the eigenvectors ↔ probability simplex).
+    seed : int, default 0
+
+    Returns
+    -------
+    (n_layers, ...) float32, each pixel's values in [0, 1] summing to 1; layers ordered by
+    decreasing area (sum of alpha) when ``labels`` is not given, else in label order.
+    """
+    vectors = np.asarray(eigenvectors, dtype=np.float64)
+    if vectors.ndim < 2:
+        raise ValueError(f"eigenvectors: expected shape (K, ...), got {vectors.shape}")
+    if not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
+        raise ValueError(f"n_layers: expected an integer >= 1, got {n_layers!r}")
+    if not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise ValueError(f"iterations: expected an integer >= 0, got {iterations!r}")
+    spatial = vectors.shape[1:]
+    flat = vectors.reshape(len(vectors), -1)
+    n = flat.shape[1]
+    basis = np.vstack([np.ones((1, n)), flat]).T  # (N, K + 1)
+    q, r = np.linalg.qr(basis)
+    keep = np.abs(np.diag(r)) > 1e-8 * max(1.0, float(np.abs(np.diag(r)).max()))
+    q = q[:, keep]  # orthonormal basis of the span (constant included)
+    if labels is None:
+        from scipy.cluster.vq import kmeans2
+
+        embedding = flat[1:] if len(flat) > 1 else flat
+        embedding = embedding - embedding.mean(axis=1, keepdims=True)
+        embedding = embedding / np.maximum(np.sqrt((embedding**2).mean(axis=1, keepdims=True)), 1e-12)
+        if n_layers == 1:
+            labels_flat = np.zeros(n, np.int64)
+        else:
+            _, labels_flat = kmeans2(embedding.T, n_layers, minit="++", seed=np.random.default_rng(seed))
+    else:
+        labels_flat = np.asarray(labels).reshape(-1)
+        if labels_flat.size != n:
+            raise ValueError(f"labels: expected {spatial} values, got shape {np.shape(labels)}")
+        if labels_flat.min() < 0 or labels_flat.max() >= n_layers:
+            raise ValueError(f"labels: expected values in [0, {n_layers}), got [{labels_flat.min()}, {labels_flat.max()}]")
+    layers = np.zeros((n_layers, n))
+    layers[labels_flat, np.arange(n)] = 1.0
+    for _ in range(int(iterations)):
+        layers = (layers @ q) @ q.T  # projection onto the span keeps the sum at 1
+        np.clip(layers, 0.0, 1.0, out=layers)
+        total = layers.sum(axis=0)
+        empty = total <= 1e-12
+        layers[:, empty] = 1.0 / n_layers
+        total[empty] = 1.0
+        layers /= total[None, :]
+    if labels is None:
+        layers = layers[np.argsort(-layers.sum(axis=1), kind="stable")]
+    return layers.reshape(n_layers, *spatial).astype(np.float32)
+
+
+def trimap_from_mask(mask: np.ndarray, band: float = TRIMAP_BAND) -> np.ndarray:
+    """Trimap around the boundary of a binary mask.
+
+    Parameters
+    ----------
+    mask : (H, W) bool
+    band : float, default 16
+        Pixels within ``band`` (Euclidean distance) of the boundary, on either side, are
+        unknown.
+
+    Returns
+    -------
+    (H, W) float32: 1 known foreground (eroded mask), 0 known background (outside the
+    dilated mask), 0.5 unknown.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected shape (H, W), got {mask.shape}")
+    if not np.isfinite(band) or band < 0:
+        raise ValueError(f"band: expected a finite value >= 0, got {band!r}")
+    trimap = np.full(mask.shape, 0.5, np.float32)
+    if mask.all() or not mask.any():
+        trimap[:] = float(mask.any())
+        return trimap
+    inside = ndimage.distance_transform_edt(mask)
+    outside = ndimage.distance_transform_edt(~mask)
+    trimap[inside > band] = 1.0
+    trimap[outside > band] = 0.0
+    return trimap
+
+
+def _solve_unknown(
+    laplacian: scipy.sparse.csr_matrix, known: np.ndarray, values: np.ndarray, *, fallback: np.ndarray
+) -> np.ndarray:
+    """``α_K = values[K]``; ``L_UU α_U = -L_UK α_K`` (plus a tiny pull towards ``fallback``
+    so that unknown regions cut off from every known pixel stay defined)."""
+    unknown = ~known
+    alpha = values.astype(np.float64).copy()
+    if not unknown.any() or not known.any():
+        return np.where(known, values, fallback).astype(np.float32)
+    l_uu = laplacian[unknown][:, unknown]
+    l_uk = laplacian[unknown][:, known]
+    regulariser = 1e-6
+    system = (l_uu + regulariser * scipy.sparse.identity(l_uu.shape[0], format="csr")).tocsr()
+    rhs = -(l_uk @ values[known].astype(np.float64)) + regulariser * fallback[unknown]
+    diagonal = system.diagonal()
+    preconditioner = scipy.sparse.diags(1.0 / np.maximum(diagonal, 1e-12))
+    start = fallback[unknown].astype(np.float64)
+    solution, _ = scipy.sparse.linalg.cg(system, rhs, x0=start, M=preconditioner, rtol=1e-6, maxiter=2000)
+    alpha[unknown] = solution
+    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+
+
+def _knn_laplacian(image: np.ndarray, knn_kernel: str) -> scipy.sparse.csr_matrix:
+    affinity = knn_affinity(np.asarray(image, dtype=np.float32), kernel=knn_kernel).astype(np.float64)
+    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    return (scipy.sparse.diags(degree) - affinity).tocsr()
+
+
+def knn_matting_alpha(
+    image: np.ndarray, trimap: np.ndarray, *, knn_kernel: str = defaults.KNN_KERNEL
+) -> np.ndarray:
+    """KNN matting (Chen, Li & Tang 2012) of one image from a trimap.
+
+    The alpha of known pixels is kept; the unknown ones minimise ``αᵀ L α`` with ``L`` the
+    Laplacian of the KNN colour affinity (:func:`deepspectral.affinity.knn_affinity`, the
+    paper's Eq. 1 with the library's kernel and settings), i.e. ``L_UU α_U = -L_UK α_K``,
+    solved by Jacobi-preconditioned conjugate gradients.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 or float in [0, 1]
+    trimap : (H, W) float
+        1 known foreground, 0 known background, anything else unknown (0.5 by convention).
+    knn_kernel : {"binary", "soft"}
+
+    Returns
+    -------
+    (H, W) float32 alpha in [0, 1]
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected shape (H, W, 3), got {image.shape}")
+    trimap = np.asarray(trimap, dtype=np.float32)
+    if trimap.shape != image.shape[:2]:
+        raise ValueError(f"trimap: expected shape {image.shape[:2]}, got {trimap.shape}")
+    if knn_kernel not in defaults.KNN_KERNELS:
+        raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
+    colours = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    flat = trimap.reshape(-1)
+    known = (flat == 0.0) | (flat == 1.0)
+    laplacian = _knn_laplacian(colours, knn_kernel)
+    fallback = np.where(known, flat, 0.5).astype(np.float64)
+    return _solve_unknown(laplacian, known, flat.astype(np.float64), fallback=fallback).reshape(trimap.shape)
+
+
+def cutout_rgba(image, alpha: np.ndarray) -> np.ndarray:
+    """RGBA cut-out: the image's colours with ``alpha`` as opacity.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image or (H, W, 3) uint8
+    alpha : (H, W) float in [0, 1]
+
+    Returns
+    -------
+    (H, W, 4) uint8
+    """
+    rgb = as_rgb_array(image)
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.shape != rgb.shape[:2]:
+        raise ValueError(f"alpha: expected shape {rgb.shape[:2]}, got {alpha.shape}")
+    a = np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.dstack([rgb, a])
+
+
+def composite(image, alpha: np.ndarray, background) -> np.ndarray:
+    """Background replacement ``α · image + (1 - α) · background``.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image or (H, W, 3) uint8
+        Foreground source.
+    alpha : (H, W) float in [0, 1]
+    background : (H, W, 3) uint8 array / PIL image of any size (resized to the image), or an
+        ``(r, g, b)`` colour with values in 0..255.
+
+    Returns
+    -------
+    (H, W, 3) uint8
+    """
+    rgb = as_rgb_array(image)
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.shape != rgb.shape[:2]:
+        raise ValueError(f"alpha: expected shape {rgb.shape[:2]}, got {alpha.shape}")
+    if isinstance(background, (tuple, list)) and len(background) == 3 and np.isscalar(background[0]):
+        colour = np.asarray(background, dtype=np.float32)
+        if np.any(colour < 0) or np.any(colour > 255):
+            raise ValueError(f"background: expected an (r, g, b) colour in 0..255, got {background!r}")
+        back = np.broadcast_to(colour, rgb.shape)
+    else:
+        try:
+            back_rgb = as_rgb_array(background)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"background: expected an image or an (r, g, b) colour, got {type(background).__name__}") from error
+        back = resize_image(back_rgb, rgb.shape[:2]).astype(np.float32)
+    a = np.clip(alpha, 0.0, 1.0)[:, :, None]
+    out = a * rgb.astype(np.float32) + (1.0 - a) * back
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Matte:
+    """Result of :func:`matte` for one image.
+
+    Attributes
+    ----------
+    alpha : (H, W) float32 in [0, 1]
+        Opacity of the main object (the Fiedler vector's minority side) at the original size.
+    layers : (L, H, W) float32 or None
+        Soft layers summing to 1 per pixel (with ``n_layers``), at the original size.
+    mode : {"fast", "full"}
+    work_size : (h, w)
+        Pixels the matte was computed on (the cropped input image, or its downscale in
+        ``"full"`` mode); results are resized from it to the original size.
+    eigenvalues : (K,) float64
+        Eigenvalues of the decomposition used (grid in ``"fast"``, pixels in ``"full"``).
+    settings : dict
+    """
+
+    alpha: np.ndarray
+    layers: np.ndarray | None
+    mode: str
+    work_size: tuple[int, int]
+    eigenvalues: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+
+def _to_original(maps: np.ndarray, crop_size, input_size, image_size) -> np.ndarray:
+    """``(L, h, w)`` maps on the (possibly downscaled) crop → ``(L, H, W)`` on the original
+    image: bilinear to the crop, right/bottom edges replicated to the input size, bilinear
+    to the original size."""
+    out = np.moveaxis(maps, 0, -1)
+    out = resize_bilinear(out, tuple(crop_size))
+    pad = ((0, input_size[0] - crop_size[0]), (0, input_size[1] - crop_size[1]), (0, 0))
+    if any(p[1] for p in pad):
+        out = np.pad(out, pad, mode="edge")
+    out = resize_bilinear(out, tuple(image_size))
+    return np.clip(np.moveaxis(out, -1, 0), 0.0, 1.0).astype(np.float32)
+
+
+def _renormalise(layers: np.ndarray) -> np.ndarray:
+    layers = np.clip(layers, 0.0, 1.0)
+    total = layers.sum(axis=0, keepdims=True)
+    uniform = np.full_like(layers, 1.0 / len(layers))
+    return np.where(total > 1e-6, layers / np.maximum(total, 1e-6), uniform).astype(np.float32)
+
+
+def _full_size(crop_size: tuple[int, int], max_pixels: int | None) -> tuple[int, int]:
+    h, w = crop_size
+    if max_pixels is None or h * w <= max_pixels:
+        return (int(h), int(w))
+    scale = (max_pixels / (h * w)) ** 0.5
+    return (max(1, int(h * scale)), max(1, int(w * scale)))
+
+
+def matte(
+    features: PatchFeatures,
+    image,
+    *,
+    mode: str = MATTING_MODE,
+    n_layers: int | None = None,
+    knn_lambda: float = defaults.KNN_LAMBDA,
+    n_eigenvectors: int | None = None,
+    knn_kernel: str = defaults.KNN_KERNEL,
+    sample_rate: float = FEATURE_SAMPLE_RATE,
+    max_pixels: int | None = FULL_MAX_PIXELS,
+    band: float = TRIMAP_BAND,
+    seed: int = 0,
+    decomposition: Decomposition | None = None,
+) -> Matte:
+    """Alpha matte of the main object (and optionally soft layers) of one image (paper Sec. 4.4).
+
+    Parameters
+    ----------
+    features : PatchFeatures
+        From :meth:`deepspectral.Backbone.extract` on ``image`` (or oracle features).
+    image : PIL.Image.Image or (H, W, 3) uint8
+        The original image.
+    mode : {"fast", "full"}, default "fast"
+        See the module docstring.
+    n_layers : int >= 2, optional
+        Also return this many soft layers (spectral matting).
+    knn_lambda : float, default 10
+        Weight of the colour affinity in ``W``.
+    n_eigenvectors : int, optional
+        Eigenvectors used (constant included); default ``max(5, n_layers + 2)``.
+    knn_kernel : {"binary", "soft"}
+    sample_rate : float, default 1/256
+        ``"full"`` mode: share of the feature affinity kept.
+    max_pixels : int or None, default 65536
+        ``"full"`` mode: largest number of pixels decomposed (None: no limit — memory grows
+        as ``sample_rate · N² · 4`` bytes).
+    band : float, default 16
+        ``"fast"`` mode: half-width of the trimap's unknown band, pixels of the input image.
+    seed : int, default 0
+        Seeds the sampled pairs, the Lanczos start and k-means.
+    decomposition : Decomposition, optional
+        ``"fast"`` mode: reuse this grid decomposition of the same image and features.
+
+    Returns
+    -------
+    Matte
+    """
+    if not isinstance(features, PatchFeatures):
+        raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
+    if mode not in MATTING_MODES:
+        raise ValueError(f"mode: expected one of {MATTING_MODES}, got {mode!r}")
+    if n_layers is not None and (not isinstance(n_layers, (int, np.integer)) or n_layers < 2):
+        raise ValueError(f"n_layers: expected None or an integer >= 2, got {n_layers!r}")
+    if n_eigenvectors is None:
+        n_eigenvectors = max(defaults.N_EIGENVECTORS, (n_layers or 0) + 2)
+    if not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 2:
+        raise ValueError(f"n_eigenvectors: expected an integer >= 2, got {n_eigenvectors!r}")
+    if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+        raise ValueError(f"max_pixels: expected None or an integer >= 1, got {max_pixels!r}")
+    if not np.isfinite(band) or band < 0:
+        raise ValueError(f"band: expected a finite value >= 0, got {band!r}")
+    rgb = as_rgb_array(image)
+    if tuple(rgb.shape[:2]) != tuple(features.image_size):
+        raise ValueError(
+            f"image: size {rgb.shape[:2]} does not match the size {tuple(features.image_size)} the features were extracted from"
+        )
+    input_size = tuple(int(v) for v in features.input_size)
+    crop_size = tuple(int(v) for v in features.crop_size)
+    image_size = tuple(int(v) for v in features.image_size)
+    crop = resize_image(rgb, input_size)[: crop_size[0], : crop_size[1]]
+    settings = {
+        "mode": mode,
+        "n_layers": None if n_layers is None else int(n_layers),
+        "knn_lambda": float(knn_lambda),
+        "knn_kernel": knn_kernel,
+        "n_eigenvectors": int(n_eigenvectors),
+        "seed": int(seed),
+        "backbone": features.backbone,
+    }
+    if mode == "full":
+        work = _full_size(crop_size, max_pixels)
+        image_full = resize_bilinear(resize_image(crop, work).astype(np.float32) / 255.0, work)
+        affinity = full_resolution_affinity(
+            features, image_full, knn_lambda=knn_lambda, sample_rate=sample_rate, knn_kernel=knn_kernel, seed=seed
+        )
+        eigenvalues, vectors = sparse_laplacian_eigenvectors(affinity, int(n_eigenvectors), seed=seed)
+        vectors = orient_eigenvectors(vectors.reshape(-1, *work))
+        fiedler = vectors[1] > 0 if len(vectors) > 1 else np.ones(work, bool)
+        pair = matting_layers(vectors, 2, labels=fiedler.astype(np.int64), seed=seed)
+        maps = [pair[1:2]]
+        if n_layers is not None:
+            maps.append(matting_layers(vectors, int(n_layers), seed=seed))
+        settings.update(sample_rate=float(sample_rate), max_pixels=max_pixels, feature_entries=int(affinity.upper.nnz))
+        out = _to_original(np.concatenate(maps), crop_size, input_size, image_size)
+        alpha = out[0]
+        layers = _renormalise(out[1:]) if n_layers is not None else None
+        return Matte(alpha=alpha, layers=layers, mode=mode, work_size=work, eigenvalues=eigenvalues, settings=settings)
+
+    # fast mode
+    if decomposition is None:
+        decomposition = decompose(features, rgb, knn_lambda=knn_lambda, n_eigenvectors=int(n_eigenvectors), knn_kernel=knn_kernel)
+    elif not isinstance(decomposition, Decomposition):
+        raise ValueError(f"decomposition: expected a Decomposition or None, got {type(decomposition).__name__}")
+    from .segment import upsample_grid_mask
+
+    colours = crop.astype(np.float32) / 255.0
+    laplacian = _knn_laplacian(colours, knn_kernel)
+    vectors = decomposition.eigenvectors
+    fiedler = vectors[1] > 0 if len(vectors) > 1 else np.ones(decomposition.grid_size, bool)
+    masks = [upsample_grid_mask(fiedler, crop_size)]
+    if n_layers is not None:
+        grid_layers = matting_layers(vectors, int(n_layers), seed=seed)
+        up = np.moveaxis(resize_bilinear(np.moveaxis(grid_layers, 0, -1), crop_size), -1, 0)
+        masks += list(up.argmax(axis=0)[None] == np.arange(int(n_layers))[:, None, None])
+    alphas = []
+    for mask in masks:
+        trimap = trimap_from_mask(mask, band).reshape(-1)
+        known = (trimap == 0.0) | (trimap == 1.0)
+        alphas.append(_solve_unknown(laplacian, known, trimap.astype(np.float64), fallback=mask.reshape(-1).astype(np.float64)))
+    maps = np.stack(alphas).reshape(-1, *crop_size)
+    out = _to_original(maps, crop_size, input_size, image_size)
+    layers = _renormalise(out[1:]) if n_layers is not None else None
+    settings.update(band=float(band))
+    return Matte(
+        alpha=out[0], layers=layers, mode=mode, work_size=crop_size, eigenvalues=decomposition.eigenvalues, settings=settings
+    )
