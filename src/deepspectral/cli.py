@@ -158,6 +158,25 @@ def _common_parser() -> argparse.ArgumentParser:
         default=defaults.N_EIGENVECTORS,
         help="eigenvectors computed, the constant one included",
     )
+    speed = common.add_argument_group("speed and caching")
+    speed.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.BATCH_SIZE, help="images per backbone forward pass"
+    )
+    speed.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=defaults.WORKERS,
+        help="threads for the eigen-step; 2 or more overlap it with the backbone's next batch",
+    )
+    speed.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache of features and eigenvectors, keyed by image content and settings; a rerun "
+        "resumes from it (default: OUT/.cache)",
+    )
+    speed.add_argument("--no-cache", action="store_true", help="compute everything, cache nothing")
     return common
 
 
@@ -229,39 +248,49 @@ def _error(message: str) -> None:
     print(f"deepspectral: error: {message}", file=sys.stderr)
 
 
-class _Pipeline:
-    """The loaded backbone and the settings shared by the commands."""
+def _make_pipeline(args: argparse.Namespace):
+    """The backbone and settings shared by the image commands, with the cache."""
+    from .backbones import Backbone
+    from .pipeline import Pipeline, default_cache_dir, estimate_cache_bytes
+    from .store import Store
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        from .backbones import Backbone
-
-        self.args = args
-        self.max_size = args.max_size or None
-        self.backbone = Backbone(
-            args.backbone, weights=args.weights, device=args.device, block=args.block, feature=args.feature
-        )
-
-    def decompose(self, image):
-        from .spectral import decompose
-
-        features = self.backbone.extract(image, max_size=self.max_size)
-        return decompose(
-            features, image, knn_lambda=self.args.knn_lambda, n_eigenvectors=self.args.n_eigenvectors
-        )
+    backbone = Backbone(args.backbone, weights=args.weights, device=args.device, block=args.block, feature=args.feature)
+    store = None
+    if not args.no_cache:
+        cache_dir = args.cache or default_cache_dir(args.out)
+        store = Store(cache_dir)
+        if not args.quiet:
+            need = estimate_cache_bytes(
+                [item.path for item in args.inputs_found],
+                patch_size=backbone.patch_size,
+                embed_dim=backbone.embed_dim,
+                n_eigenvectors=args.n_eigenvectors,
+                max_size=args.max_size or None,
+            )
+            print(f"cache: {cache_dir} (up to about {need / 1e6:.0f} MB for {len(args.inputs_found)} images)", file=sys.stderr)
+    return Pipeline(
+        backbone,
+        max_size=args.max_size or None,
+        knn_lambda=args.knn_lambda,
+        n_eigenvectors=args.n_eigenvectors,
+        store=store,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
 
 
 def _out_path(out_dir: Path, item, suffix: str) -> Path:
     return out_dir.joinpath(*item.relative.parts[:-1], item.relative.name + suffix)
 
 
-def _run_eigs(args, pipeline: _Pipeline, inputs) -> "RunSummary":
-    from .data.images import load_image
+def _run_eigs(args, pipeline, inputs) -> "RunSummary":
     from .runner import run_batch, save_png_atomic
     from .viz import eigenvector_figure
 
+    results = pipeline.run(inputs)  # in input order, as run_batch walks them
+
     def process(item) -> None:
-        image = load_image(item.path)
-        decomposition = pipeline.decompose(image)
+        image, decomposition = next(results).get()
         npz_path = _out_path(args.out, item, ".npz")
         npz_path.parent.mkdir(parents=True, exist_ok=True)
         decomposition.save_npz(npz_path)
@@ -271,17 +300,16 @@ def _run_eigs(args, pipeline: _Pipeline, inputs) -> "RunSummary":
     return run_batch(inputs, process, out_dir=args.out, desc="eigs", verbose=not args.quiet)
 
 
-def _run_localize(args, pipeline: _Pipeline, inputs) -> "RunSummary":
-    from .data.images import load_image
+def _run_localize(args, pipeline, inputs) -> "RunSummary":
     from .runner import atomic_write_json, run_batch, save_image_atomic
     from .tasks.localize import localize
     from .viz import draw_box
 
+    results = pipeline.run(inputs)  # in input order, as run_batch walks them
     records = []
 
     def process(item) -> None:
-        image = load_image(item.path)
-        decomposition = pipeline.decompose(image)
+        image, decomposition = next(results).get()
         box = [int(v) for v in localize(decomposition)]
         if args.save_viz:
             save_image_atomic(_out_path(args.out, item, ".box.jpg"), draw_box(image, box), quality=90)
@@ -302,15 +330,15 @@ def _run_localize(args, pipeline: _Pipeline, inputs) -> "RunSummary":
     return summary
 
 
-def _run_segment(args, pipeline: _Pipeline, inputs) -> "RunSummary":
-    from .data.images import load_image
+def _run_segment(args, pipeline, inputs) -> "RunSummary":
     from .runner import run_batch, save_image_atomic, save_png_atomic
     from .tasks.segment import segment_object
     from .viz import overlay_mask
 
+    results = pipeline.run(inputs)  # in input order, as run_batch walks them
+
     def process(item) -> None:
-        image = load_image(item.path)
-        decomposition = pipeline.decompose(image)
+        image, decomposition = next(results).get()
         mask = segment_object(decomposition, image, crf=args.crf)
         save_png_atomic(_out_path(args.out, item, ".png"), mask.astype("uint8") * 255)
         if args.save_viz:
@@ -369,8 +397,9 @@ def main(argv=None) -> int:
 
     from .backbones import WeightsUnavailableError
 
+    args.inputs_found = inputs
     try:
-        pipeline = _Pipeline(args)
+        pipeline = _make_pipeline(args)
     except WeightsUnavailableError as error:
         _error(str(error))
         return EXIT_USAGE

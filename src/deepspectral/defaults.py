@@ -19,6 +19,8 @@ __all__ = [
     "N_EIGENVECTORS",
     "MAX_SIZE",
     "MAX_GRID_NODES",
+    "BATCH_SIZE",
+    "WORKERS",
     "MAX_PIXELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -53,6 +55,10 @@ MAX_SIZE = 800
 #: Largest working grid (nodes) decomposed: the dense affinity takes 4 * nodes**2 bytes
 #: (30,000 nodes = 3.6 GB, about a 1,400 x 1,400 image with --max-size 0).
 MAX_GRID_NODES = 30_000
+#: Images per backbone forward pass in dataset runs (bucketed by size: results unchanged).
+BATCH_SIZE = 4
+#: Threads running the eigen-step beside the backbone in dataset runs.
+WORKERS = 2
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 200_000_000
 
