@@ -1,7 +1,10 @@
 """Image matting (paper Sec. 4.4): soft alpha mattes and soft layers from the eigenvectors.
 
 Two modes compute the same kind of result, an alpha matte of the main object at the
-original image size (and, with ``n_layers``, soft layers that sum to 1):
+original image size (and, with ``n_layers``, soft layers that sum to 1). Both work on the
+input image the features saw (the original brought down to ``max_size``, cropped to a
+multiple of the patch size) and resize the results back to the original pixels, the
+cropped right/bottom strips taking the values of the last row / column:
 
 ``"full"`` — the paper's recipe
     The decomposition of Sec. 3.2 at *full* resolution of the (cropped) input image:
@@ -14,12 +17,17 @@ original image size (and, with ``n_layers``, soft layers that sum to 1):
     ``f_i · f_j = Σ_a Σ_b u_ia u_jb G[p_ia, p_jb]`` (``u``/``p``: the 4 bilinear taps of a
     pixel, ``G``: the Gram matrix of the L2-normalised patch features). The sampled
     entries are *not* rescaled (as in the paper). The eigenvectors of the normalised
-    Laplacian (Lanczos on ``D^-1/2 W D^-1/2`` with the constant eigenvector deflated) then
-    give soft layers by *spectral matting* (below); the alpha matte is the layer grown from
-    the Fiedler vector's positive (minority) side. Images whose crop has more than
-    ``max_pixels`` pixels are processed at a reduced scale (default 65,536 pixels, about
-    320 × 205) and the results resized back: the paper itself notes that the full-
-    resolution eigenproblem takes "around 1 min on 100 CPUs".
+    Laplacian (``D^-1/2 W D^-1/2`` with the constant eigenvector deflated) come from block
+    LOBPCG started from the 1/8-grid eigenvectors upsampled (``solver="lobpcg"``, default;
+    a few dozen passes over the matrix) or from cold-start Lanczos (``"lanczos"``, several
+    hundred passes). They give soft layers by *spectral matting* (below); the alpha matte
+    is the layer grown from the Fiedler vector's positive (minority) side.
+    **Scaling**: 1/256 of ``N²`` grows quadratically (a 500 × 375 photo: 1.4e8 entries; a
+    megapixel: 4e9). Above ``FULL_MAX_PARTNERS · 256 ≈ 197k`` pixels the expected number of
+    random feature partners per pixel is fixed at ``FULL_MAX_PARTNERS`` = 768 instead
+    (:func:`full_sample_rate`): memory and time then grow linearly, about 3 KB per pixel.
+    ``max_pixels`` additionally downscales the crop before the decomposition. The paper
+    itself notes that its full-resolution eigenproblem takes "around 1 min on 100 CPUs".
 
 ``"fast"`` — eigenvectors on the 1/8 grid, then a matting solve (the default)
     :func:`deepspectral.decompose` on the working grid (as for segmentation), the coarse
@@ -65,7 +73,9 @@ __all__ = [
     "MATTING_MODES",
     "MATTING_MODE",
     "FEATURE_SAMPLE_RATE",
-    "FULL_MAX_PIXELS",
+    "FULL_MAX_PARTNERS",
+    "FULL_SOLVERS",
+    "full_sample_rate",
     "TRIMAP_BAND",
     "Matte",
     "matte",
@@ -86,8 +96,12 @@ MATTING_MODES = ("fast", "full")
 MATTING_MODE = "fast"
 #: Share of the full-resolution feature affinity kept in ``"full"`` mode (paper: 1/16²).
 FEATURE_SAMPLE_RATE = 1.0 / 256.0
-#: Largest number of pixels the ``"full"`` mode decomposes; larger crops are downscaled.
-FULL_MAX_PIXELS = 65_536
+#: ``"full"`` mode: expected random feature partners per pixel are capped at this (the
+#: paper's 1/256 of a 500 x 375 photo's 187,500 pixels is 732), so larger images keep
+#: memory and time linear in the pixels (see :func:`full_sample_rate`).
+FULL_MAX_PARTNERS = 768
+#: ``"full"`` mode eigensolvers (see :func:`matte`).
+FULL_SOLVERS = ("lobpcg", "lanczos")
 #: Half-width (pixels of the input image) of the unknown band of the ``"fast"`` trimap:
 #: two cells of the 1/8 working grid.
 TRIMAP_BAND = 2 * defaults.GRID_STRIDE
@@ -100,61 +114,58 @@ LAYER_ITERATIONS = 30
 # ---------------------------------------------------------------------------------------
 
 
-def _sample_kernel():
-    from numba import njit
+def _count_pairs(n, rate, seed):  # pragma: no cover - compiled by numba
+    np.random.seed(seed)
+    counts = np.empty(n, np.int64)
+    for i in range(n):
+        remaining = n - 1 - i
+        counts[i] = np.random.binomial(remaining, rate) if remaining > 0 else 0
+    return counts
 
-    @njit(cache=True, nogil=True)
-    def count_pairs(n, rate, seed):  # pragma: no cover - compiled
-        np.random.seed(seed)
-        counts = np.empty(n, np.int64)
-        for i in range(n):
-            remaining = n - 1 - i
-            counts[i] = np.random.binomial(remaining, rate) if remaining > 0 else 0
-        return counts
 
-    @njit(cache=True, nogil=True, fastmath=True)
-    def fill_pairs(indptr, gram, taps, weights, seed, indices, data):  # pragma: no cover
-        np.random.seed(seed + 1)
-        n = taps.shape[0]
-        for i in range(n):
-            start = indptr[i]
-            stop = indptr[i + 1]
-            for t in range(start, stop):
-                j = i + 1 + np.random.randint(0, n - 1 - i)
-                value = 0.0
-                for a in range(4):
-                    wa = weights[i, a]
-                    if wa == 0.0:
-                        continue
-                    row = gram[taps[i, a]]
-                    for b in range(4):
-                        value += wa * weights[j, b] * row[taps[j, b]]
-                indices[t] = j
-                data[t] = value if value > 0.0 else 0.0
-        return indices
-
-    @njit(cache=True, nogil=True, fastmath=True)
-    def self_affinity(gram, taps, weights):  # pragma: no cover - compiled
-        n = taps.shape[0]
-        out = np.empty(n, np.float32)
-        for i in range(n):
+def _fill_pairs(indptr, gram, taps, weights, seed, indices, data):  # pragma: no cover - compiled
+    np.random.seed(seed + 1)
+    n = taps.shape[0]
+    for i in range(n):
+        for t in range(indptr[i], indptr[i + 1]):
+            j = i + 1 + np.random.randint(0, n - 1 - i)
             value = 0.0
             for a in range(4):
+                wa = weights[i, a]
+                if wa == 0.0:
+                    continue
+                row = gram[taps[i, a]]
                 for b in range(4):
-                    value += weights[i, a] * weights[i, b] * gram[taps[i, a], taps[i, b]]
-            out[i] = value if value > 0.0 else 0.0
-        return out
+                    value += wa * weights[j, b] * row[taps[j, b]]
+            indices[t] = j
+            data[t] = value if value > 0.0 else 0.0
+    return indices
 
-    return count_pairs, fill_pairs, self_affinity
+
+def _self_affinity(gram, taps, weights):  # pragma: no cover - compiled
+    n = taps.shape[0]
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        value = 0.0
+        for a in range(4):
+            for b in range(4):
+                value += weights[i, a] * weights[i, b] * gram[taps[i, a], taps[i, b]]
+        out[i] = value if value > 0.0 else 0.0
+    return out
 
 
 _KERNELS = None
 
 
 def _kernels():
+    """The numba-compiled sampling kernels (compiled on first use, cached on disk)."""
     global _KERNELS
     if _KERNELS is None:
-        _KERNELS = _sample_kernel()
+        from numba import njit
+
+        _KERNELS = tuple(
+            njit(cache=True, nogil=True, fastmath=True)(kernel) for kernel in (_count_pairs, _fill_pairs, _self_affinity)
+        )
     return _KERNELS
 
 
@@ -192,11 +203,12 @@ class SparseAffinity:
     def matmat(self, x: np.ndarray) -> np.ndarray:
         """``W @ x`` for ``x`` of shape ``(N,)`` or ``(N, m)``."""
         x = np.asarray(x, dtype=np.float32)
-        out = self.upper @ x
-        out += self.upper.T @ x
-        out += self.colour @ x
-        out += (self.diagonal[:, None] * x) if x.ndim == 2 else self.diagonal * x
-        return out
+        x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1))
+        out = np.ascontiguousarray(self.colour @ x2, dtype=np.float32)
+        out += self.diagonal[:, None] * x2
+        out += self.upper @ x2
+        out += self.upper.T @ x2  # CSC view of the transpose, no copy
+        return out.reshape(x.shape)
 
     def degree(self) -> np.ndarray:
         """Row sums ``W 1``, (N,) float64."""
@@ -282,14 +294,19 @@ def sparse_laplacian_eigenvectors(
     affinity: SparseAffinity | scipy.sparse.spmatrix,
     n_eigenvectors: int,
     *,
-    tol: float = 1e-5,
+    initial: np.ndarray | None = None,
+    tol: float | None = None,
+    maxiter: int = 200,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smallest eigenpairs of ``(D - W) y = λ D y`` for a *sparse* symmetric affinity.
 
-    Lanczos (ARPACK ``eigsh``, largest algebraic) on ``M = D^-1/2 W D^-1/2`` with its known
-    top eigenvector ``D^1/2 1`` deflated to ``-1``, from sparse products only; the same
-    eigenpairs as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)``.
+    Works on ``M = D^-1/2 W D^-1/2`` (largest eigenvalues ``μ = 1 - λ``) with its known top
+    eigenvector ``D^1/2 1`` deflated to ``-1``, from sparse products only; the same
+    eigenpairs as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)``. Without
+    ``initial``: Lanczos (ARPACK ``eigsh``). With ``initial``: block LOBPCG started from
+    that guess (e.g. the 1/8-grid eigenvectors upsampled), which needs far fewer passes
+    over the matrix when the guess is close.
 
     Parameters
     ----------
@@ -297,10 +314,16 @@ def sparse_laplacian_eigenvectors(
         Symmetric, non-negative.
     n_eigenvectors : int
         K, eigenpairs returned (the constant one included), capped at N.
-    tol : float, default 1e-5
-        ARPACK's relative accuracy.
+    initial : (K', N) float, optional
+        Guess of the eigenvectors (``y``, any scale; the constant one may be included:
+        it is projected out). At least ``K - 1`` vectors are used (padded with seeded noise).
+    tol : float, optional
+        Relative accuracy for ARPACK (default 1e-5) / residual norm for LOBPCG (default
+        1e-3, which matches the eigenvectors of ARPACK at 1e-5 to ``|cos| > 0.9999``).
+    maxiter : int, default 200
+        LOBPCG iterations (ignored by ARPACK).
     seed : int, default 0
-        Seeds the Lanczos start vector.
+        Seeds the Lanczos start vector / the padding of ``initial``.
 
     Returns
     -------
@@ -319,36 +342,53 @@ def sparse_laplacian_eigenvectors(
     n = affinity.shape[0]
     k = min(int(n_eigenvectors), n)
     degree = np.maximum(product(np.ones(n, np.float32)).astype(np.float64), 1e-12)
-    inv_sqrt = (1.0 / np.sqrt(degree)).astype(np.float32)
+    inv_sqrt = 1.0 / np.sqrt(degree)
+    inv_sqrt32 = inv_sqrt.astype(np.float32)
     top64 = np.sqrt(degree) / np.linalg.norm(np.sqrt(degree))
-    top = top64.astype(np.float32)
     values = np.ones(k, np.float64)
     vectors = np.empty((k, n), np.float64)
     vectors[0] = top64
     if k > 1:
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            x = np.asarray(x).reshape(n, -1)
+            out = (inv_sqrt32[:, None] * product(inv_sqrt32[:, None] * x.astype(np.float32))).astype(np.float64)
+            out -= 2.0 * top64[:, None] * (top64 @ x)[None, :]
+            return out
+
         if n <= 400 or k >= n - 1:  # tiny problems: dense
-            dense = np.column_stack([product(column) for column in np.eye(n, dtype=np.float32)]).astype(np.float64)
-            dense = dense * inv_sqrt[:, None] * inv_sqrt[None, :] - 2.0 * np.outer(top64, top64)
+            dense = matvec(np.eye(n))
+            dense = 0.5 * (dense + dense.T)
             mu, v = np.linalg.eigh(dense)
             mu, v = mu[n - k + 1 :], v[:, n - k + 1 :]
+        elif initial is not None:
+            guess = np.asarray(initial, dtype=np.float64).reshape(-1, n).T * np.sqrt(degree)[:, None]  # y -> v
+            guess -= top64[:, None] * (top64 @ guess)[None, :]
+            norms = np.linalg.norm(guess, axis=0)
+            guess = guess[:, norms > 1e-8 * max(1.0, float(norms.max(initial=0.0)))]
+            if guess.shape[1] < k - 1:
+                noise = np.random.default_rng(seed).standard_normal((n, k - 1 - guess.shape[1]))
+                guess = np.column_stack([guess, noise])
+            operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
+            constraint = top64[:, None]
+            mu, v = scipy.sparse.linalg.lobpcg(
+                operator, guess, Y=constraint, tol=1e-3 if tol is None else tol, maxiter=maxiter, largest=True
+            )
+            order = np.argsort(-mu)[: k - 1]
+            mu, v = mu[order], v[:, order]
         else:
-
-            def matvec(x: np.ndarray) -> np.ndarray:
-                x = np.asarray(x, dtype=np.float32).reshape(n, -1)
-                out = inv_sqrt[:, None] * product(inv_sqrt[:, None] * x)
-                out -= 2.0 * top[:, None] * (top @ x)[None, :]
-                return out
-
-            operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float32)
-            start = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+            operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
+            start = np.random.default_rng(seed).standard_normal(n)
             ncv = min(n - 1, max(2 * k + 1, 24))
-            mu, v = scipy.sparse.linalg.eigsh(operator, k=k - 1, which="LA", v0=start, tol=tol, ncv=ncv)
+            mu, v = scipy.sparse.linalg.eigsh(
+                operator, k=k - 1, which="LA", v0=start, tol=1e-5 if tol is None else tol, ncv=ncv
+            )
         order = np.argsort(-mu)
         values[1:] = mu[order]
         vectors[1:] = v[:, order].T
     eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
     eigenvalues[0] = 0.0
-    return eigenvalues, (vectors * inv_sqrt[None, :].astype(np.float64)).astype(np.float32)
+    return eigenvalues, (vectors * inv_sqrt[None, :]).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -555,8 +595,9 @@ def composite(image, alpha: np.ndarray, background) -> np.ndarray:
     image : PIL.Image.Image or (H, W, 3) uint8
         Foreground source.
     alpha : (H, W) float in [0, 1]
-    background : (H, W, 3) uint8 array / PIL image of any size (resized to the image), or an
-        ``(r, g, b)`` colour with values in 0..255.
+    background : (H, W, 3) uint8 array / PIL image of any size, or an ``(r, g, b)`` colour
+        with values in 0..255. An image of another size is resized to *cover* the image
+        (aspect ratio kept) and centre-cropped.
 
     Returns
     -------
@@ -576,7 +617,7 @@ def composite(image, alpha: np.ndarray, background) -> np.ndarray:
             back_rgb = as_rgb_array(background)
         except (TypeError, ValueError) as error:
             raise ValueError(f"background: expected an image or an (r, g, b) colour, got {type(background).__name__}") from error
-        back = resize_image(back_rgb, rgb.shape[:2]).astype(np.float32)
+        back = _cover(back_rgb, rgb.shape[:2]).astype(np.float32)
     a = np.clip(alpha, 0.0, 1.0)[:, :, None]
     out = a * rgb.astype(np.float32) + (1.0 - a) * back
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
@@ -634,6 +675,17 @@ def _renormalise(layers: np.ndarray) -> np.ndarray:
     return np.where(total > 1e-6, layers / np.maximum(total, 1e-6), uniform).astype(np.float32)
 
 
+def _cover(background: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``background`` to cover ``size = (H, W)`` (aspect ratio kept), centre-cropped."""
+    height, width = size
+    bh, bw = background.shape[:2]
+    scale = max(height / bh, width / bw)
+    scaled = resize_image(background, (max(height, round(bh * scale)), max(width, round(bw * scale))))
+    top = (scaled.shape[0] - height) // 2
+    left = (scaled.shape[1] - width) // 2
+    return scaled[top : top + height, left : left + width]
+
+
 def _full_size(crop_size: tuple[int, int], max_pixels: int | None) -> tuple[int, int]:
     h, w = crop_size
     if max_pixels is None or h * w <= max_pixels:
@@ -642,17 +694,29 @@ def _full_size(crop_size: tuple[int, int], max_pixels: int | None) -> tuple[int,
     return (max(1, int(h * scale)), max(1, int(w * scale)))
 
 
+def full_sample_rate(n_pixels: int, sample_rate: float = FEATURE_SAMPLE_RATE) -> float:
+    """Share of the feature affinity kept for an image of ``n_pixels`` in ``"full"`` mode:
+    ``sample_rate`` (the paper's 1/256) up to ``FULL_MAX_PARTNERS · 256`` pixels (about
+    197k, a 500 × 375 photo fits), then ``FULL_MAX_PARTNERS / (n_pixels - 1)``: a fixed
+    expected number of random feature partners per pixel, so memory and time grow
+    linearly with the pixels instead of quadratically."""
+    return float(min(sample_rate, FULL_MAX_PARTNERS / max(n_pixels - 1, 1)))
+
+
 def matte(
-    features: PatchFeatures,
     image,
     *,
+    backbone=None,
+    features: PatchFeatures | None = None,
+    max_size: int | None = defaults.MAX_SIZE,
     mode: str = MATTING_MODE,
     n_layers: int | None = None,
     knn_lambda: float = defaults.KNN_LAMBDA,
     n_eigenvectors: int | None = None,
     knn_kernel: str = defaults.KNN_KERNEL,
     sample_rate: float = FEATURE_SAMPLE_RATE,
-    max_pixels: int | None = FULL_MAX_PIXELS,
+    max_pixels: int | None = None,
+    solver: str = "lobpcg",
     band: float = TRIMAP_BAND,
     seed: int = 0,
     decomposition: Decomposition | None = None,
@@ -661,10 +725,17 @@ def matte(
 
     Parameters
     ----------
-    features : PatchFeatures
-        From :meth:`deepspectral.Backbone.extract` on ``image`` (or oracle features).
     image : PIL.Image.Image or (H, W, 3) uint8
         The original image.
+    backbone : deepspectral.Backbone or str, optional
+        Feature extractor (a registry name loads it, downloading the weights); needed
+        unless ``features`` is given.
+    features : PatchFeatures, optional
+        Precomputed features of ``image`` (e.g. oracle features); ``backbone`` and
+        ``max_size`` are then unused.
+    max_size : int or None, default 800
+        Longest side the image is brought down to for the features *and* for the matte
+        itself; the alpha and layers are resized back to the original size.
     mode : {"fast", "full"}, default "fast"
         See the module docstring.
     n_layers : int >= 2, optional
@@ -675,25 +746,28 @@ def matte(
         Eigenvectors used (constant included); default ``max(5, n_layers + 2)``.
     knn_kernel : {"binary", "soft"}
     sample_rate : float, default 1/256
-        ``"full"`` mode: share of the feature affinity kept.
-    max_pixels : int or None, default 65536
-        ``"full"`` mode: largest number of pixels decomposed (None: no limit — memory grows
-        as ``sample_rate · N² · 4`` bytes).
+        ``"full"`` mode: share of the feature affinity kept (capped per pixel, see
+        :func:`full_sample_rate`).
+    max_pixels : int or None, default None
+        ``"full"`` mode: decompose at most this many pixels (the crop is downscaled).
+    solver : {"lobpcg", "lanczos"}, default "lobpcg"
+        ``"full"`` mode eigensolver: LOBPCG started from the 1/8-grid eigenvectors, or
+        cold-start Lanczos (slower; the reference for checks).
     band : float, default 16
         ``"fast"`` mode: half-width of the trimap's unknown band, pixels of the input image.
     seed : int, default 0
-        Seeds the sampled pairs, the Lanczos start and k-means.
+        Seeds the sampled pairs, the eigensolver start and k-means.
     decomposition : Decomposition, optional
-        ``"fast"`` mode: reuse this grid decomposition of the same image and features.
+        The 1/8-grid decomposition of the same image and features, if already computed.
 
     Returns
     -------
     Matte
     """
-    if not isinstance(features, PatchFeatures):
-        raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
     if mode not in MATTING_MODES:
         raise ValueError(f"mode: expected one of {MATTING_MODES}, got {mode!r}")
+    if solver not in FULL_SOLVERS:
+        raise ValueError(f"solver: expected one of {FULL_SOLVERS}, got {solver!r}")
     if n_layers is not None and (not isinstance(n_layers, (int, np.integer)) or n_layers < 2):
         raise ValueError(f"n_layers: expected None or an integer >= 2, got {n_layers!r}")
     if n_eigenvectors is None:
@@ -705,10 +779,22 @@ def matte(
     if not np.isfinite(band) or band < 0:
         raise ValueError(f"band: expected a finite value >= 0, got {band!r}")
     rgb = as_rgb_array(image)
+    if features is None:
+        if backbone is None:
+            raise ValueError("backbone: expected a Backbone or a registry name when features is None, got None")
+        if isinstance(backbone, str):
+            from ..backbones import Backbone
+
+            backbone = Backbone(backbone)
+        features = backbone.extract(rgb, max_size=max_size)
+    if not isinstance(features, PatchFeatures):
+        raise ValueError(f"features: expected PatchFeatures or None, got {type(features).__name__}")
     if tuple(rgb.shape[:2]) != tuple(features.image_size):
         raise ValueError(
             f"image: size {rgb.shape[:2]} does not match the size {tuple(features.image_size)} the features were extracted from"
         )
+    if decomposition is not None and not isinstance(decomposition, Decomposition):
+        raise ValueError(f"decomposition: expected a Decomposition or None, got {type(decomposition).__name__}")
     input_size = tuple(int(v) for v in features.input_size)
     crop_size = tuple(int(v) for v in features.crop_size)
     image_size = tuple(int(v) for v in features.image_size)
@@ -722,30 +808,33 @@ def matte(
         "seed": int(seed),
         "backbone": features.backbone,
     }
+    if decomposition is None and not (mode == "full" and solver == "lanczos"):
+        decomposition = decompose(features, rgb, knn_lambda=knn_lambda, n_eigenvectors=int(n_eigenvectors), knn_kernel=knn_kernel)
+
     if mode == "full":
         work = _full_size(crop_size, max_pixels)
         image_full = resize_bilinear(resize_image(crop, work).astype(np.float32) / 255.0, work)
+        rate = full_sample_rate(work[0] * work[1], sample_rate)
         affinity = full_resolution_affinity(
-            features, image_full, knn_lambda=knn_lambda, sample_rate=sample_rate, knn_kernel=knn_kernel, seed=seed
+            features, image_full, knn_lambda=knn_lambda, sample_rate=rate, knn_kernel=knn_kernel, seed=seed
         )
-        eigenvalues, vectors = sparse_laplacian_eigenvectors(affinity, int(n_eigenvectors), seed=seed)
+        initial = None
+        if solver == "lobpcg":
+            grid_vectors = decomposition.eigenvectors[: int(n_eigenvectors)]
+            initial = np.moveaxis(resize_bilinear(np.moveaxis(grid_vectors, 0, -1), work), -1, 0)
+        eigenvalues, vectors = sparse_laplacian_eigenvectors(affinity, int(n_eigenvectors), initial=initial, seed=seed)
         vectors = orient_eigenvectors(vectors.reshape(-1, *work))
         fiedler = vectors[1] > 0 if len(vectors) > 1 else np.ones(work, bool)
         pair = matting_layers(vectors, 2, labels=fiedler.astype(np.int64), seed=seed)
         maps = [pair[1:2]]
         if n_layers is not None:
             maps.append(matting_layers(vectors, int(n_layers), seed=seed))
-        settings.update(sample_rate=float(sample_rate), max_pixels=max_pixels, feature_entries=int(affinity.upper.nnz))
+        settings.update(sample_rate=rate, max_pixels=max_pixels, solver=solver, feature_entries=int(2 * affinity.upper.nnz))
         out = _to_original(np.concatenate(maps), crop_size, input_size, image_size)
-        alpha = out[0]
         layers = _renormalise(out[1:]) if n_layers is not None else None
-        return Matte(alpha=alpha, layers=layers, mode=mode, work_size=work, eigenvalues=eigenvalues, settings=settings)
+        return Matte(alpha=out[0], layers=layers, mode=mode, work_size=work, eigenvalues=eigenvalues, settings=settings)
 
     # fast mode
-    if decomposition is None:
-        decomposition = decompose(features, rgb, knn_lambda=knn_lambda, n_eigenvectors=int(n_eigenvectors), knn_kernel=knn_kernel)
-    elif not isinstance(decomposition, Decomposition):
-        raise ValueError(f"decomposition: expected a Decomposition or None, got {type(decomposition).__name__}")
     from .segment import upsample_grid_mask
 
     colours = crop.astype(np.float32) / 255.0
