@@ -6,6 +6,7 @@ row-major: node ``i`` is grid cell ``(i // w, i % w)``.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +25,9 @@ __all__ = [
     "add_symmetric_pairs",
     "knn_neighbors",
 ]
+
+
+_KERNEL_LOCK = threading.Lock()
 
 
 def interpolation_matrix(n_in: int, n_out: int) -> scipy.sparse.csr_matrix:
@@ -129,11 +133,14 @@ def feature_affinity(
     taps, weights = bilinear_taps((hp, wp), grid_size)
     n = grid_size[0] * grid_size[1]
     half = np.empty((hp * wp, n), np.float32)
-    _kernels.upsample_rows(gram, taps, weights, half)  # G Uᵀ, (n_p, N)
     affinity = np.empty((n, n), np.float32)
-    _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper
-    if not upper_only:
-        _kernels.mirror_upper(affinity)
+    # the kernels are parallel already; one launch at a time keeps every numba threading
+    # layer safe when several images are decomposed in threads
+    with _KERNEL_LOCK:
+        _kernels.upsample_rows(gram, taps, weights, half)  # G Uᵀ, (n_p, N)
+        _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper
+        if not upper_only:
+            _kernels.mirror_upper(affinity)
     return affinity
 
 
