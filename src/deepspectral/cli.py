@@ -46,7 +46,7 @@ BOXES_FILE = "boxes.json"
 #: (``commands``: the subparsers, ``common``: the shared backbone/decomposition options
 #: parser to use as a parent) and must import nothing heavy at module level. A command
 #: that sets ``run=fn`` in its defaults is run as ``fn(args) -> exit status``.
-COMMAND_MODULES: tuple[str, ...] = ("deepspectral.commands.eval", "deepspectral.commands.matte")
+COMMAND_MODULES: tuple[str, ...] = ("deepspectral.commands.eval", "deepspectral.commands.matte", "deepspectral.commands.semseg")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
