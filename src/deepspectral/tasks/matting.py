@@ -12,7 +12,9 @@ cropped right/bottom strips taking the values of the last row / column:
     by keeping a seeded random ``sample_rate`` (default 1/256 = 1/16²) of its entries, plus
     ``λ_knn · W_knn`` (the KNN colour affinity of the full-resolution image). The dense
     ``N × N`` matrix is never formed: pairs ``(i, j)``, ``i < j``, are drawn row by row
-    (``Binomial(N - 1 - i, rate)`` partners for row ``i``) and only their affinities
+    (``Binomial(N - 1 - i, rate)`` partners ``j > i`` for row ``i``, drawn uniformly with
+    replacement: a pair drawn twice counts twice, which at rate 1/256 concerns about 0.2 %
+    of the entries) and only their affinities
     ``max(f_i · f_j, 0)`` are computed, through the exact identity
     ``f_i · f_j = Σ_a Σ_b u_ia u_jb G[p_ia, p_jb]`` (``u``/``p``: the 4 bilinear taps of a
     pixel, ``G``: the Gram matrix of the L2-normalised patch features). The sampled
