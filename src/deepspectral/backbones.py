@@ -373,6 +373,41 @@ def _is_download_error(exc: BaseException) -> bool:
     return module.split(".")[0] in {"huggingface_hub", "httpx", "httpcore", "requests", "urllib3", "urllib"}
 
 
+#: Host of the Hugging Face hub (where timm's pretrained weights live).
+_HUB_HOST = "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Quick check that the hub can be reached: ``False`` in offline mode or when the host
+    does not resolve / accept a connection. Behind a proxy the check is skipped."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = os.environ.get("HF_ENDPOINT", f"https://{_HUB_HOST}").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _raise_if_not_cached(config: BackboneConfig) -> None:
+    """Without the hub, go on only when the weights are in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(config.hf_hub_id, filename), str):
+            import huggingface_hub.constants
+
+            os.environ["HF_HUB_OFFLINE"] = "1"  # use the cached copy without network calls
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
+            return
+    raise OSError(f"{_HUB_HOST} cannot be reached and the weights are not in the local cache")
+
+
 def _create_model(config: BackboneConfig, weights: Path | None, device: str):
     """Create the timm model of ``config`` with its weights, in eval mode, on ``device``."""
     import timm
@@ -381,6 +416,8 @@ def _create_model(config: BackboneConfig, weights: Path | None, device: str):
     kwargs = dict(pretrained=False, dynamic_img_size=True, num_classes=0)
     if weights is None:
         try:
+            if not _hub_reachable():  # fail at once instead of a minute of retries
+                _raise_if_not_cached(config)
             model = timm.create_model(config.timm_name, **dict(kwargs, pretrained=True))
         except Exception as exc:
             if not _is_download_error(exc):
