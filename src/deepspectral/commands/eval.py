@@ -619,7 +619,8 @@ def register(commands, common, formatter) -> None:
     sem.add_argument("--dataset", required=True, choices=("voc12",))
     sem.add_argument("--root", type=Path, required=True, metavar="DIR")
     sem.add_argument("--split", default="val", help="ImageSets/Segmentation list")
-    sem.add_argument("--run", type=Path, required=True, metavar="RUN", help="folder of a semantic-segmentation run")
+    sem.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="RUN",
+                     help="folder of a semantic-segmentation run (deepspectral semseg)")  # fmt: skip
     sem.add_argument("--majority", action="store_true", help="majority-vote mapping (over-clustering, Table 11)")
     sem.add_argument("--limit", type=_positive_int, default=None, metavar="N")
     sem.add_argument("--seed", type=int, default=None)
@@ -880,16 +881,16 @@ def _run_semseg(args) -> int:
         dataset = load_voc_segmentation(args.root, year=2012, split=args.split).subset(limit=args.limit, seed=args.seed)
     except ValueError as error:
         return _error(str(error))
-    if not args.run.is_dir():
-        return _error(f"--run: no such folder: '{args.run}'")
+    if not args.run_dir.is_dir():
+        return _error(f"--run: no such folder: '{args.run_dir}'")
     try:
         from ..tasks.semantic import load_run
     except ImportError as error:
         return _error(f"semantic segmentation is not available in this installation: {error}")
     try:
-        run = load_run(args.run)
+        run = load_run(args.run_dir)
     except (OSError, ValueError) as error:
-        return _error(f"--run: cannot load '{args.run}': {error}")
+        return _error(f"--run: cannot load '{args.run_dir}': {error}")
     result, scores = evaluate_semseg(dataset, run.predict, majority=args.majority, verbose=not args.quiet)
     n_clusters = int(scores.confusion.shape[0]) - 1
     paper = paper_number("semantic", "voc12", backbone="", n_clusters=n_clusters)
@@ -899,7 +900,7 @@ def _run_semseg(args) -> int:
     print("\nIoU per class:")
     _print_table(["class", "IoU"], [[name, _fmt(float(v), True)] for name, v in zip(VOC_CLASSES, scores.iou_per_class)])
     if args.out is not None:
-        payload = result.to_json(settings={"run": str(args.run), "split": args.split, "limit": args.limit,
+        payload = result.to_json(settings={"run": str(args.run_dir), "split": args.split, "limit": args.limit,
                                            "seed": args.seed, "matching": scores.method}, paper=paper)  # fmt: skip
         payload.update({"iou_per_class": scores.to_dict(VOC_CLASSES)["iou_per_class"],
                         "mapping": scores.to_dict()["mapping"]})  # fmt: skip
