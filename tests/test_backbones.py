@@ -502,3 +502,17 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_precision_bf16_on_cpu_is_close(weights_file, bb):
+    image = _image(64, 96, seed=3)
+    half = Backbone("dino_vits16", weights=weights_file, device="cpu", precision="bf16")
+    a, b = bb.extract(image).features, half.extract(image).features
+    assert a.dtype == b.dtype == np.float32
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.05
+
+
+@pytest.mark.parametrize("precision", ["fp16", "double"])
+def test_bad_precision(weights_file, precision):
+    with pytest.raises(ValueError, match="precision"):
+        Backbone("dino_vits16", weights=weights_file, device="cpu", precision=precision)

@@ -537,8 +537,12 @@ class Backbone:
         device: str = "auto",
         block: int = defaults.BLOCK,
         feature: str = defaults.FEATURE,
+        precision: str = defaults.PRECISION,
     ) -> None:
         config = get_backbone_config(name)
+        if precision not in defaults.PRECISIONS:
+            raise ValueError(f"precision: expected one of {defaults.PRECISIONS}, got {precision!r}")
+        self.precision: str = precision
         self.feature: str = _check_feature(feature)
         self.block: int = _check_block(block, config.depth)
         if weights is not None:
@@ -551,6 +555,8 @@ class Backbone:
                     + (" (it is a directory)" if weights.is_dir() else "")
                 )
         self.device: str = _resolve_device(device)
+        if precision == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError(f"precision: 'fp16' needs a CUDA device, got device {self.device!r} (use 'bf16' or 'fp32')")
         self.config: BackboneConfig = config
         self.weights: Path | None = weights
         self.model = _create_model(config, weights, self.device)
@@ -731,6 +737,17 @@ class Backbone:
         std = torch.tensor(self.config.std, dtype=torch.float32, device=self.device)
         return (batch - mean[:, None, None]) / std[:, None, None]
 
+    def _autocast(self):
+        """Mixed precision for the forward pass (``precision`` other than fp32)."""
+        import contextlib
+
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
     def _run(
         self,
         pixels: list[np.ndarray],
@@ -755,7 +772,7 @@ class Backbone:
         target = model.blocks[index] if feature == "tokens" else model.blocks[index].attn.qkv
         handle = target.register_forward_hook(hook) if want_features else None
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 x = self._to_tensor(pixels)
                 cls = None
                 if want_cls:

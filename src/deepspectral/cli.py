@@ -139,6 +139,12 @@ def _common_parser() -> argparse.ArgumentParser:
     model.add_argument("--block", type=int, default=defaults.BLOCK, help="transformer block the features come from")
     model.add_argument("--feature", choices=defaults.FEATURE_KINDS, default=defaults.FEATURE, help="which features of that block")
     model.add_argument(
+        "--precision",
+        choices=defaults.PRECISIONS,
+        default=defaults.PRECISION,
+        help="arithmetic of the backbone (fp16: CUDA only; mixed precision can move boxes slightly)",
+    )
+    model.add_argument(
         "--max-size",
         type=_non_negative_int,
         default=defaults.MAX_SIZE,
@@ -254,7 +260,14 @@ def _make_pipeline(args: argparse.Namespace):
     from .pipeline import Pipeline, default_cache_dir, estimate_cache_bytes
     from .store import Store
 
-    backbone = Backbone(args.backbone, weights=args.weights, device=args.device, block=args.block, feature=args.feature)
+    backbone = Backbone(
+        args.backbone,
+        weights=args.weights,
+        device=args.device,
+        block=args.block,
+        feature=args.feature,
+        precision=args.precision,
+    )
     store = None
     if not args.no_cache:
         cache_dir = args.cache or default_cache_dir(args.out)

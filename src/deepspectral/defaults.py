@@ -11,6 +11,8 @@ __all__ = [
     "BLOCK",
     "FEATURE",
     "FEATURE_KINDS",
+    "PRECISION",
+    "PRECISIONS",
     "GRID_STRIDE",
     "KNN_LAMBDA",
     "KNN_SETTINGS",
@@ -34,6 +36,9 @@ BLOCK = -1
 #: Which features of that block: attention keys (the paper's choice).
 FEATURE = "k"
 FEATURE_KINDS = ("k", "q", "v", "tokens")
+#: Arithmetic of the backbone's forward pass: full precision unless asked (fp16: CUDA only).
+PRECISION = "fp32"
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 #: The working ("intermediate") grid is 1/GRID_STRIDE of the cropped image (paper: M/8 x N/8).
 GRID_STRIDE = 8

@@ -107,6 +107,7 @@ class Pipeline:
             "weights": self._weights_id,
             "block": self.backbone.block,
             "feature": self.backbone.feature,
+            "precision": self.backbone.precision,
             "max_size": self.max_size,
         }
 
