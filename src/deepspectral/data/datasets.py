@@ -61,6 +61,9 @@ __all__ = [
     "load_saliency",
     "load_cub",
     "find_voc_year",
+    "read_mask",
+    "read_label_map",
+    "polygons_to_mask",
 ]
 
 #: Masks are foreground where the grey value is >= this (0..255).
