@@ -36,9 +36,10 @@ cropped right/bottom strips taking the values of the last row / column:
     mask ``y₁ > 0`` upsampled to the input image, a trimap from it (eroded mask = known
     foreground, outside the dilated mask = known background, a band of ``band`` pixels on
     either side of the boundary unknown), then a KNN-matting solve (Chen et al. 2012, the
-    colour affinity of the paper's Eq. 1 on the full-resolution image) for the unknown
-    pixels only: ``L_UU α_U = -L_UK α_K`` by conjugate gradients with a Jacobi
-    preconditioner. With ``n_layers`` the layers are computed on the grid by spectral
+    colour affinity of the paper's Eq. 1 at full resolution) for the unknown pixels only:
+    ``L_UU α_U = -L_UK α_K`` by conjugate gradients with a Jacobi preconditioner. The
+    neighbour graph is built on the unknown band and the known pixels within ``band`` of
+    it (not on the whole image), which keeps a megapixel photo within seconds. With ``n_layers`` the layers are computed on the grid by spectral
     matting, and each is refined the same way from its own trimap, then renormalised to
     sum to 1.
 
@@ -526,14 +527,85 @@ def _solve_unknown(
     return np.clip(alpha, 0.0, 1.0).astype(np.float32)
 
 
-def _knn_laplacian(image: np.ndarray, knn_kernel: str) -> scipy.sparse.csr_matrix:
-    affinity = knn_affinity(np.asarray(image, dtype=np.float32), kernel=knn_kernel).astype(np.float64)
+def _knn_laplacian(image: np.ndarray, knn_kernel: str, region: np.ndarray | None = None) -> scipy.sparse.csr_matrix:
+    """Laplacian ``D - W_knn`` of the KNN colour affinity of ``image`` (H, W, 3) in [0, 1],
+    over all pixels, or only over the pixels of ``region`` (H, W) bool, numbered in
+    row-major order among themselves. The points are those of
+    :func:`deepspectral.affinity.knn_affinity` (coordinates normalised by the whole image),
+    so with a full region the two agree."""
+    if region is None or region.all():
+        affinity = knn_affinity(np.asarray(image, dtype=np.float32), kernel=knn_kernel).astype(np.float64)
+    else:
+        from scipy.spatial import cKDTree
+
+        height, width = region.shape
+        ys, xs = np.nonzero(region)
+        n = ys.size
+        x = (xs / max(width - 1, 1)).astype(np.float32)
+        y = (ys / max(height - 1, 1)).astype(np.float32)
+        colours = np.asarray(image, dtype=np.float32)[ys, xs]
+        rows, cols, vals = [], [], []
+        for k, spatial in defaults.KNN_SETTINGS:
+            points = np.column_stack([colours, spatial * x, spatial * y])
+            k = min(k, n)
+            distances, neighbours = cKDTree(points).query(points, k=k)
+            distances = np.asarray(distances).reshape(n, k)
+            neighbours = np.asarray(neighbours).reshape(n, k)
+            if knn_kernel == "binary":
+                weights = np.ones(n * k)
+            else:
+                weights = np.maximum(1.0 - distances.ravel(), 0.0)
+            i = np.repeat(np.arange(n), k)
+            rows += [i, neighbours.ravel()]
+            cols += [neighbours.ravel(), i]
+            vals += [weights, weights]
+        affinity = scipy.sparse.coo_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        ).tocsr()
     degree = np.asarray(affinity.sum(axis=1)).ravel()
     return (scipy.sparse.diags(degree) - affinity).tocsr()
 
 
+def _band_region(unknown: np.ndarray, margin: float | None) -> np.ndarray | None:
+    """Unknown pixels plus the known ones within ``margin`` of them (None: every pixel)."""
+    if margin is None:
+        return None
+    from scipy import ndimage
+
+    if not unknown.any():
+        return unknown.copy()
+    return ndimage.distance_transform_edt(~unknown) <= margin
+
+
+def _trimap_alpha(
+    colours: np.ndarray, trimap: np.ndarray, knn_kernel: str, margin: float | None, fallback: np.ndarray
+) -> np.ndarray:
+    """KNN-matting alpha (H, W) from a trimap (1 / 0 known, else unknown), the graph built
+    on the unknown pixels and the known ones within ``margin`` of them."""
+    known = (trimap == 0.0) | (trimap == 1.0)
+    alpha = np.where(known, trimap, fallback).astype(np.float32)
+    if known.all() or not known.any():
+        return alpha
+    region = _band_region(~known, margin)
+    if region is None:
+        region = np.ones(trimap.shape, bool)
+    laplacian = _knn_laplacian(colours, knn_kernel, region)
+    inside = _solve_unknown(
+        laplacian,
+        known[region],
+        trimap[region].astype(np.float64),
+        fallback=np.where(known, trimap, fallback)[region].astype(np.float64),
+    )
+    alpha[region] = inside
+    return alpha
+
+
 def knn_matting_alpha(
-    image: np.ndarray, trimap: np.ndarray, *, knn_kernel: str = defaults.KNN_KERNEL
+    image: np.ndarray,
+    trimap: np.ndarray,
+    *,
+    knn_kernel: str = defaults.KNN_KERNEL,
+    margin: float | None = None,
 ) -> np.ndarray:
     """KNN matting (Chen, Li & Tang 2012) of one image from a trimap.
 
@@ -548,6 +620,10 @@ def knn_matting_alpha(
     trimap : (H, W) float
         1 known foreground, 0 known background, anything else unknown (0.5 by convention).
     knn_kernel : {"binary", "soft"}
+    margin : float, optional
+        Build the neighbour graph only on the unknown pixels and the known pixels within
+        ``margin`` pixels of them (far faster for a thin unknown band; neighbours outside
+        that region are ignored). Default: every pixel (exact KNN matting).
 
     Returns
     -------
@@ -561,12 +637,10 @@ def knn_matting_alpha(
         raise ValueError(f"trimap: expected shape {image.shape[:2]}, got {trimap.shape}")
     if knn_kernel not in defaults.KNN_KERNELS:
         raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
+    if margin is not None and not (np.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin: expected None or a finite value >= 0, got {margin!r}")
     colours = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    flat = trimap.reshape(-1)
-    known = (flat == 0.0) | (flat == 1.0)
-    laplacian = _knn_laplacian(colours, knn_kernel)
-    fallback = np.where(known, flat, 0.5).astype(np.float64)
-    return _solve_unknown(laplacian, known, flat.astype(np.float64), fallback=fallback).reshape(trimap.shape)
+    return _trimap_alpha(colours, trimap, knn_kernel, margin, np.full(trimap.shape, 0.5, np.float32))
 
 
 def cutout_rgba(image, alpha: np.ndarray) -> np.ndarray:
@@ -840,7 +914,6 @@ def matte(
     from .segment import upsample_grid_mask
 
     colours = crop.astype(np.float32) / 255.0
-    laplacian = _knn_laplacian(colours, knn_kernel)
     vectors = decomposition.eigenvectors
     fiedler = vectors[1] > 0 if len(vectors) > 1 else np.ones(decomposition.grid_size, bool)
     masks = [upsample_grid_mask(fiedler, crop_size)]
@@ -848,11 +921,10 @@ def matte(
         grid_layers = matting_layers(vectors, int(n_layers), seed=seed)
         up = np.moveaxis(resize_bilinear(np.moveaxis(grid_layers, 0, -1), crop_size), -1, 0)
         masks += list(up.argmax(axis=0)[None] == np.arange(int(n_layers))[:, None, None])
-    alphas = []
-    for mask in masks:
-        trimap = trimap_from_mask(mask, band).reshape(-1)
-        known = (trimap == 0.0) | (trimap == 1.0)
-        alphas.append(_solve_unknown(laplacian, known, trimap.astype(np.float64), fallback=mask.reshape(-1).astype(np.float64)))
+    alphas = [
+        _trimap_alpha(colours, trimap_from_mask(mask, band), knn_kernel, band, mask.astype(np.float32))
+        for mask in masks
+    ]
     maps = np.stack(alphas).reshape(-1, *crop_size)
     out = _to_original(maps, crop_size, input_size, image_size)
     layers = _renormalise(out[1:]) if n_layers is not None else None
