@@ -325,3 +325,42 @@ def test_settings_validation():
     with pytest.raises(ValueError, match="background"):
         SemanticSettings(background="smallest")
     assert SemanticSettings.from_dict({"clusters": 5, "unknown": 1}).clusters == 5
+
+
+# ---------------------------------------------------------------------------------------
+# Command line (random-weights ViT-S/16 through --weights; slow on 2 cores)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_fit_train_predict(tmp_path, dataset):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from deepspectral.cli import main
+
+    weights = tmp_path / "vits16.pth"
+    torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
+    items, _ = dataset
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for item in items[:3]:
+        (photos / item.path.name).write_bytes(item.path.read_bytes())
+    run, out = tmp_path / "run", tmp_path / "out"
+    common = ["--weights", str(weights), "--device", "cpu", "-q"]
+    assert main(["semseg", "fit", str(photos), "-o", str(run), "--clusters", "2", "--segments", "3",
+                 "--max-size", "64", "--crop-size", "32", *common]) == 0
+    info = __import__("json").loads((run / "semseg.json").read_text())
+    assert info["settings"]["eigenvectors"] == 15 and info["n_labels"] == 3
+    assert main(["semseg", "predict", str(run), str(photos), "-o", str(out), "--save-viz", "--device", "cpu", "-q"]) == 0
+    for item in items[:3]:
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / f"{item.relative}.png")), np.asarray(Image.open(run / "labels" / f"{item.relative}.png"))
+        )
+    assert (out / "img00.overlay.jpg").is_file()
+    assert main(["semseg", "train", str(run), "--steps", "2", "--batch-size", "2", "--crop-size", "32",
+                 "--arch", "resnet10t", "--weights", "random", "--device", "cpu", "--workers", "1", "-q"]) == 0
+    assert main(["semseg", "predict", str(run), str(photos), "-o", str(tmp_path / "out2"), "--use", "model", "--device", "cpu", "-q"]) == 0
+    assert np.asarray(Image.open(tmp_path / "out2" / "img00.png")).shape == SIZE
+    # usage errors: exit status 2, no traceback
+    assert main(["semseg", "train", str(tmp_path / "nothing")]) == 2
+    assert main(["semseg", "predict", str(run), str(photos), "-o", str(out), "--backbone", "dino_vitb16", "-q"]) == 2

@@ -319,7 +319,7 @@ def _normalise(images: np.ndarray, device: str):
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 ImageNet-normalised tensor on ``device``."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(defaults.IMAGENET_MEAN, device=device)[:, None, None]
     std = torch.tensor(defaults.IMAGENET_STD, device=device)[:, None, None]
     return (x - mean) / std
