@@ -110,7 +110,7 @@ def test_oracle_chain(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sod", "davis", "coco"])
 def test_oracle_chain_more_images(name):
-    dataset, localization, segmentation = _oracle_run(name, limit=40)
+    dataset, localization, segmentation = _oracle_run(name, limit=25)
     print(f"{name}: {len(dataset)} images, CorLoc {localization.metrics['corloc']:.3f}, "
           f"mIoU {segmentation.metrics['miou']:.3f}")  # fmt: skip
     assert localization.metrics["corloc"] >= 0.95
