@@ -224,7 +224,7 @@ def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
     run = FakeRun()
     run.names = ["0", "1", "2"]
     fake = types.ModuleType("deepspectral.tasks.semantic")
-    fake.load_run = lambda path: run
+    fake.load_run = lambda path, **options: run
     monkeypatch.setitem(sys.modules, "deepspectral.tasks.semantic", fake)
     out = tmp_path / "out"
     (tmp_path / "run").mkdir()

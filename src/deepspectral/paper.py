@@ -140,6 +140,7 @@ def paper_number(
     feature: str = "k",
     block: int = -1,
     n_clusters: int | None = None,
+    self_training: bool = False,
 ) -> PaperNumber | None:
     """The paper's number for the same task, dataset, backbone and setting, or ``None``.
 
@@ -156,6 +157,8 @@ def paper_number(
         -1 or 11 are the last block of a 12-block ViT.
     n_clusters : int, optional
         K of semantic segmentation (Table 11).
+    self_training : bool
+        Semantic segmentation after the self-training step (Table 4, "Ours").
 
     Notes
     -----
@@ -198,6 +201,9 @@ def paper_number(
         return None
     if dataset != "voc12":
         return None
+    if self_training:
+        row = TABLES["Table 4"]["rows"]["Ours"]
+        return _pct(row["miou"], "Table 4", "miou", "with self-training, mean of 4 seeds", std=row["std"])
     if n_clusters is not None and str(n_clusters) in TABLES["Table 11"]["rows"] and n_clusters != 20:
         return _pct(TABLES["Table 11"]["rows"][str(n_clusters)]["miou"], "Table 11", "miou", f"K={n_clusters}, no self-training")
     row = TABLES["Table 4"]["rows"]["Ours w/o self-training"]

@@ -622,6 +622,10 @@ def register(commands, common, formatter) -> None:
     sem.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="RUN",
                      help="folder of a semantic-segmentation run (deepspectral semseg)")  # fmt: skip
     sem.add_argument("--majority", action="store_true", help="majority-vote mapping (over-clustering, Table 11)")
+    sem.add_argument("--use", choices=("auto", "clusters", "model"), default="auto",
+                     help="predict with the self-trained model or the clustering (auto: the model when the run has one)")
+    sem.add_argument("--weights", type=Path, default=None, metavar="FILE", help="weights of the run's backbone (offline)")
+    sem.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")  # fmt: skip
     sem.add_argument("--limit", type=_positive_int, default=None, metavar="N")
     sem.add_argument("--seed", type=int, default=None)
     sem.add_argument("-o", "--out", type=Path, default=None, metavar="OUT")
@@ -888,12 +892,13 @@ def _run_semseg(args) -> int:
     except ImportError as error:
         return _error(f"semantic segmentation is not available in this installation: {error}")
     try:
-        run = load_run(args.run_dir)
-    except (OSError, ValueError) as error:
+        run = load_run(args.run_dir, device=args.device, weights=args.weights, use=args.use)
+    except (OSError, ValueError, KeyError) as error:
         return _error(f"--run: cannot load '{args.run_dir}': {error}")
     result, scores = evaluate_semseg(dataset, run.predict, majority=args.majority, verbose=not args.quiet)
     n_clusters = int(scores.confusion.shape[0]) - 1
-    paper = paper_number("semantic", "voc12", backbone="", n_clusters=n_clusters)
+    self_trained = getattr(run, "use", args.use) == "model"
+    paper = paper_number("semantic", "voc12", backbone="", n_clusters=n_clusters, self_training=self_trained)
     print(f"\nsemantic segmentation on VOC12 {args.split}: {len(result.per_image)} images, {len(result.errors)} failed, "
           f"{scores.method} matching")  # fmt: skip
     _print_table(["metric", "ours", "paper", "source"], _summary_rows(result, paper))
@@ -901,7 +906,8 @@ def _run_semseg(args) -> int:
     _print_table(["class", "IoU"], [[name, _fmt(float(v), True)] for name, v in zip(VOC_CLASSES, scores.iou_per_class)])
     if args.out is not None:
         payload = result.to_json(settings={"run": str(args.run_dir), "split": args.split, "limit": args.limit,
-                                           "seed": args.seed, "matching": scores.method}, paper=paper)  # fmt: skip
+                                           "seed": args.seed, "matching": scores.method,
+                                           "self_training": self_trained}, paper=paper)  # fmt: skip
         payload.update({"iou_per_class": scores.to_dict(VOC_CLASSES)["iou_per_class"],
                         "mapping": scores.to_dict()["mapping"]})  # fmt: skip
         atomic_write_json(args.out / RESULTS_FILE, payload)
