@@ -104,6 +104,7 @@ IMAGES_FILE = "images.json"
 SEGMENTS_DIR = "segments"
 LABELS_DIR = "labels"
 FIGURE_FILE = "clusters.jpg"
+PARTIAL_FILE = "semseg.partial.json"
 MODEL_DIR = "selftrain"
 FORMAT_VERSION = 1
 
@@ -832,7 +833,22 @@ def fit(
         timer.add("save", start)
         counts[item.relative.as_posix()] = int(segments.segment_ids.size)
 
-    summary = run_batch(items, process, out_dir=run_dir, desc="semseg fit: segments", verbose=verbose)
+    computed = [0]
+
+    def process_counted(item) -> None:
+        before = timer.seconds.get("features", 0.0)
+        process(item)
+        if timer.seconds.get("features", 0.0) != before:
+            computed[0] += 1
+
+    try:
+        summary = run_batch(items, process_counted, out_dir=run_dir, desc="semseg fit: segments", verbose=verbose)
+    except KeyboardInterrupt:  # keep what the interrupted run measured; the segments are cached
+        atomic_write_json(run_dir / PARTIAL_FILE, {
+            "images_computed": computed[0], "seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+        })
+        raise
     done = [item for item in items if item.relative.as_posix() in counts]
     total = sum(counts.values())
 
@@ -886,15 +902,19 @@ def fit(
             "images": len(done),
             "failed": summary.failed,
             "n_features": total,
+            "images_computed": computed[0],
             "feature_dim": int(centroids.shape[1]),
             "seconds": result.seconds,
             "peak_rss_mb": result.peak_rss_mb,
         },
     )
     if verbose:
-        per_image = {k: round(v / max(1, len(done)), 4) for k, v in result.seconds.items()}
-        print(f"semseg fit: {len(done)} images, {total} segment features, K={settings.clusters}; "
-              f"seconds per image by stage {per_image}; peak memory {result.peak_rss_mb:.0f} MiB", flush=True)
+        per_image = {k: round(v / max(1, computed[0]), 4) for k, v in result.seconds.items()
+                     if k in ("load", "features", "eigenvectors", "segments", "crop_features", "save")}
+        print(f"semseg fit: {len(done)} images ({computed[0]} computed, the rest cached), {total} segment "
+              f"features, K={settings.clusters}; seconds per computed image by stage {per_image}; "
+              f"dataset stages (s) { {k: v for k, v in result.seconds.items() if k not in per_image} }; "
+              f"peak memory {result.peak_rss_mb:.0f} MiB", flush=True)
     return result
 
 
