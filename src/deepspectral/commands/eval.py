@@ -206,8 +206,9 @@ def evaluate_localization(
     Returns
     -------
     EvalResult
-        ``metrics = {"corloc": ...}``; per image ``box_xyxy``, ``iou`` (best over the
-        ground-truth boxes) and ``correct``.
+        ``metrics = {"corloc": ...}`` over every image of the dataset (one that failed
+        counts as a miss); per image ``box_xyxy``, ``iou`` (best over the ground-truth
+        boxes) and ``correct``.
     """
     from ..metrics import box_iou, corloc_hit
     from ..tasks.localize import coarse_mask, localize
@@ -227,7 +228,9 @@ def evaluate_localization(
             rows.append(_localization_row(image, decomposition, box, gt, correct, coarse_mask(decomposition)))
 
     _loop(dataset, one, desc=f"localization {dataset.name}", verbose=verbose, errors=errors)
-    corloc = float(np.mean([r["correct"] for r in per_image])) if per_image else float("nan")
+    # an image that failed gave no box: it counts as a miss (CorLoc over the whole dataset)
+    attempted = len(per_image) + len(errors)
+    corloc = sum(r["correct"] for r in per_image) / attempted if attempted else float("nan")
     return EvalResult(
         "localization", dataset.name, {"corloc": corloc}, per_image, errors, time.perf_counter() - start, rows
     )
@@ -257,7 +260,8 @@ def evaluate_segmentation(
     :func:`deepspectral.tasks.segment.segment_object` on a mask dataset.
 
     The soft map for F_β is the CRF's foreground marginal (``crf=True``) or the binary
-    coarse mask (``crf=False``). Arguments as for :func:`evaluate_localization`.
+    coarse mask (``crf=False``). Arguments as for :func:`evaluate_localization`. The
+    means are over the images scored; the ones that failed are listed in ``errors``.
     """
     from ..metrics import mask_iou, pixel_accuracy, precision_recall_curve
     from ..tasks.localize import coarse_mask
