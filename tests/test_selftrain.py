@@ -103,3 +103,18 @@ def test_backbone_weights_file(tmp_path):
         load_backbone_weights(model, str(bad), arch="resnet10t")
     with pytest.raises(ValueError, match="arch"):
         TrainSettings(arch="vgg16")
+
+
+def test_offline_errors_name_the_fix(monkeypatch):
+    from deepspectral.backbones import WeightsUnavailableError
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    model = build_model(3, arch="resnet10t", output_stride=16)
+    with pytest.raises(ValueError, match="no published DINO weights"):
+        load_backbone_weights(model, None, arch="resnet10t")
+    big = build_model(3, arch="resnet50", output_stride=8)
+    with pytest.raises(WeightsUnavailableError, match="dino_resnet50_pretrain.pth"):
+        load_backbone_weights(big, None, arch="resnet50")

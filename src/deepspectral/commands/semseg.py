@@ -92,7 +92,8 @@ def register(commands, common, formatter) -> None:
                        help="backbone of the network (DINO weights exist for resnet50)")
     train.add_argument("--weights", default=None, metavar="FILE|random",
                        help="backbone weights: a ResNet state dict (e.g. dino_resnet50_pretrain.pth) for offline "
-                       "use, 'random' to train from scratch; default: download the DINO ResNet-50")
+                       "use, a hub name (timm/<name> or hf-hub:<repo>), 'random' to train from scratch; default: download "
+                       "the DINO ResNet-50")
     train.add_argument("--device", type=_device, default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}")
     train.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     train.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints")
@@ -179,13 +180,15 @@ def _run_train(args: argparse.Namespace) -> int:
     if not (args.run_dir / IMAGES_FILE).is_file():
         _error(f"RUN: '{args.run_dir}' is not a fitted run (no {IMAGES_FILE}); run `deepspectral semseg fit` first")
         return EXIT_USAGE
-    if args.weights not in (None, "random") and not Path(args.weights).is_file():
-        _error(f"--weights: no such file: '{args.weights}' (or pass 'random')")
+    hub = args.weights is not None and args.weights.startswith(selftrain.HUB_PREFIXES)
+    if args.weights not in (None, "random") and not hub and not Path(args.weights).is_file():
+        _error(f"--weights: no such file: '{args.weights}' (or pass 'random', or a hub name timm/... / hf-hub:...)")
         return EXIT_USAGE
     try:
         settings = selftrain.TrainSettings(
             arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size,
-            seed=args.seed, weights=args.weights if args.weights in (None, "random") else str(Path(args.weights).resolve()),
+            seed=args.seed,
+            weights=args.weights if (args.weights in (None, "random") or hub) else str(Path(args.weights).resolve()),
             amp=args.amp, checkpoint_every=args.checkpoint_every, workers=args.workers,
         )
         losses = selftrain.train(args.run_dir, settings=settings, device=args.device, verbose=not args.quiet)

@@ -64,6 +64,10 @@ ASPP_CHANNELS = 256
 #: Longest side of the image the trained model sees at prediction time.
 PREDICT_MAX_SIZE = 512
 
+#: ``weights`` values naming a Hugging Face hub repository (``timm/resnet50.a1_in1k``,
+#: ``hf-hub:owner/name``) load a timm ResNet's weights from there.
+HUB_PREFIXES = ("hf-hub:", "timm/")
+
 MODEL_DIR = "selftrain"
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"
@@ -86,7 +90,8 @@ class TrainSettings:
         Seeds the head's initialisation and every batch (batch ``t`` depends on
         ``(seed, t)`` only, so a resumed run sees the same batches).
     weights : str or None
-        Backbone weights: None (download DINO ResNet-50), a file path, or ``"random"``.
+        Backbone weights: None (download DINO ResNet-50), a file path, a hub name
+        (``timm/...`` or ``hf-hub:...``), or ``"random"``.
     output_stride : int
         8 (DeepLab's dilated ResNet) or 16/32.
     amp : bool
@@ -195,7 +200,8 @@ def build_model(n_labels: int, *, arch: str = "resnet50", output_stride: int = 8
 def load_backbone_weights(model, weights: str | None, *, arch: str) -> None:
     """Load self-supervised weights into ``model.backbone``.
 
-    ``None`` downloads the DINO ResNet-50 (``resnet50`` only); a path loads a torchvision /
+    ``None`` downloads the DINO ResNet-50 (``resnet50`` only); ``"timm/<name>"`` or
+    ``"hf-hub:<repo>"`` loads a timm ResNet from the Hugging Face hub; a path loads a torchvision /
     timm ResNet state dict (a checkpoint's ``state_dict`` / ``teacher`` / ``model`` entry is
     unwrapped, ``module.`` / ``backbone.`` prefixes dropped, ``fc.*`` ignored); ``"random"``
     keeps the random initialisation.
@@ -224,6 +230,18 @@ def load_backbone_weights(model, weights: str | None, *, arch: str) -> None:
                 f"download {DINO_RESNET50_URL} elsewhere and pass it with --weights FILE "
                 "(or --weights random to train from scratch)"
             ) from error
+    elif isinstance(weights, str) and weights.startswith(HUB_PREFIXES):
+        import timm
+
+        hub_id = weights.split(":", 1)[1] if weights.startswith("hf-hub:") else weights
+        try:
+            donor = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=hub_id))
+        except Exception as error:  # noqa: BLE001 - any hub failure means "unreachable"
+            raise WeightsUnavailableError(
+                f"could not get the weights '{weights}' from the Hugging Face hub "
+                f"({type(error).__name__}: {error}); pass a local file with --weights FILE"
+            ) from error
+        state = donor.state_dict()
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
