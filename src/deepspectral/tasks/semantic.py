@@ -688,14 +688,14 @@ def cluster_features(
             sample.append(np.asarray(chunk, dtype=np.float32)[take[lo:hi] - offset])
         offset += n
     data = np.concatenate(sample)
-    kmeans = cluster.KMeans(n_clusters=n_clusters, n_init=KMEANS_N_INIT, random_state=seed)
-    kmeans.fit(data.astype(np.float64))
+    kmeans = cluster.KMeans(n_clusters=n_clusters, n_init=KMEANS_N_INIT, random_state=seed, copy_x=False)
+    kmeans.fit(data)  # float32, no centred copy: the sample is the largest array held
     centroids = kmeans.cluster_centers_.astype(np.float32)
     del data, sample
     if total <= sample_size or epochs < 1:
         return centroids
     refine = cluster.MiniBatchKMeans(
-        n_clusters=n_clusters, init=centroids.astype(np.float64), n_init=1,
+        n_clusters=n_clusters, init=centroids, n_init=1,
         batch_size=MINIBATCH_SIZE, random_state=seed,
     )
     from tqdm.auto import tqdm
@@ -705,7 +705,7 @@ def cluster_features(
     buffered = 0
     for _ in range(epochs):
         for chunk in chunks():
-            buffer.append(np.asarray(chunk, dtype=np.float64))
+            buffer.append(np.asarray(chunk, dtype=np.float32))
             buffered += chunk.shape[0]
             if buffered >= MINIBATCH_SIZE:
                 batch = np.concatenate(buffer)
