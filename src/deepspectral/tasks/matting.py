@@ -522,7 +522,7 @@ def _solve_unknown(
     diagonal = system.diagonal()
     preconditioner = scipy.sparse.diags(1.0 / np.maximum(diagonal, 1e-12))
     start = fallback[unknown].astype(np.float64)
-    solution, _ = scipy.sparse.linalg.cg(system, rhs, x0=start, M=preconditioner, rtol=1e-6, maxiter=2000)
+    solution, _ = scipy.sparse.linalg.cg(system, rhs, x0=start, M=preconditioner, rtol=1e-5, maxiter=2000)
     alpha[unknown] = solution
     return np.clip(alpha, 0.0, 1.0).astype(np.float32)
 
@@ -548,7 +548,7 @@ def _knn_laplacian(image: np.ndarray, knn_kernel: str, region: np.ndarray | None
         for k, spatial in defaults.KNN_SETTINGS:
             points = np.column_stack([colours, spatial * x, spatial * y])
             k = min(k, n)
-            distances, neighbours = cKDTree(points).query(points, k=k)
+            distances, neighbours = cKDTree(points).query(points, k=k, workers=-1)
             distances = np.asarray(distances).reshape(n, k)
             neighbours = np.asarray(neighbours).reshape(n, k)
             if knn_kernel == "binary":
