@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_recipe import reference_eigenvectors  # noqa: E402
 
 from deepspectral import Backbone, localize  # noqa: E402
+from deepspectral.backbones import save_random_weights  # noqa: E402
 from deepspectral.affinity import resize_bilinear  # noqa: E402
 from deepspectral.data.images import collect_inputs, load_image, resize_image  # noqa: E402
 from deepspectral.spectral import (  # noqa: E402
@@ -37,16 +38,6 @@ from deepspectral.spectral import (  # noqa: E402
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def random_weights(path: Path) -> Path:
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def clear_gap_cosines(ref_values, ref_vectors, values, vectors, degree) -> list[float]:
@@ -74,7 +65,7 @@ def main() -> None:
     inputs = collect_inputs([s for s in sources if Path(s).exists()])[: args.limit]
     if not inputs:
         sys.exit("no images found: pass image files or folders")
-    weights = args.weights or str(random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth"))
+    weights = args.weights or save_random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth", "dino_vits16")
     backbone = Backbone(args.backbone, weights=weights, device="cpu")
 
     rows = {k: [] for k in ("decode", "features", "ref_eig", "affinity", "eigensolver", "task")}

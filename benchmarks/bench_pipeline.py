@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from deepspectral import Backbone
+from deepspectral.backbones import save_random_weights
 from deepspectral.data.images import collect_inputs
 from deepspectral.pipeline import Pipeline
 from deepspectral.tasks.localize import localize
@@ -56,12 +57,7 @@ def main() -> None:
     items = [found[i % len(found)] for i in range(args.images)]
     weights = args.weights
     if weights is None:
-        import timm
-        import torch
-
-        torch.manual_seed(0)
-        weights = str(Path(tempfile.mkdtemp()) / "vits16_random.pth")
-        torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
+        weights = save_random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth", "dino_vits16")
     backbone = Backbone("dino_vits16", weights=weights, device="cpu")
 
     print(f"machine: {platform.machine()}, {platform.system()}, python {platform.python_version()}; "

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from deepspectral import Backbone, PatchFeatures, decompose, localize, segment_object
+from deepspectral.backbones import save_random_weights
 from deepspectral.data.images import load_image
 from deepspectral.viz import draw_box, eigenvector_figure, overlay_mask
 
@@ -51,12 +52,7 @@ def main() -> None:
     truth = np.asarray(Image.open(SHARED / "Annotations" / "blackswan" / "00000.png")) > 127
     weights = args.weights
     if weights is None:
-        import timm
-        import torch
-
-        torch.manual_seed(0)
-        weights = str(Path(tempfile.mkdtemp()) / "vits16_random.pth")
-        torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
+        weights = save_random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth", "dino_vits16")
     backbone = Backbone("dino_vits16", weights=weights, device="cpu")
     random_row = row(image, decompose(backbone.extract(image), image))
     oracle_row = row(image, decompose(oracle_features(truth), image))

@@ -243,15 +243,8 @@ def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-    path = tmp_path_factory.mktemp("weights") / "random_vits16.pth"
-    torch.save(model.state_dict(), path)
-    return path
+def weights_file(random_weights) -> Path:
+    return random_weights
 
 
 def test_eval_end_to_end_random_weights(tmp_path, weights_file, capsys):

@@ -15,15 +15,8 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory) -> Path:
-    import timm
-    import torch
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-    path = tmp_path_factory.mktemp("weights") / "vits16.pth"
-    torch.save(model.state_dict(), path)
-    return path
+def weights_file(random_weights) -> Path:
+    return random_weights
 
 
 @pytest.fixture(scope="module")

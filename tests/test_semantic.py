@@ -333,13 +333,10 @@ def test_settings_validation():
 
 
 @pytest.mark.slow
-def test_cli_fit_train_predict(tmp_path, dataset):
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
+def test_cli_fit_train_predict(tmp_path, dataset, random_weights):
     from deepspectral.cli import main
 
-    weights = tmp_path / "vits16.pth"
-    torch.save(timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).state_dict(), weights)
+    weights = random_weights
     items, _ = dataset
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -37,6 +37,7 @@ __all__ = [
     "BACKBONES",
     "available_backbones",
     "get_backbone_config",
+    "save_random_weights",
     "WeightsUnavailableError",
 ]
 
@@ -137,6 +138,28 @@ _REGISTERED = (
 
 #: Registered backbones by name.
 BACKBONES: dict[str, BackboneConfig] = {config.name: config for config in _REGISTERED}
+
+
+def save_random_weights(path: str | os.PathLike, name: str = defaults.BACKBONE, *, seed: int = 0) -> Path:
+    """Save a random-initialised state dict of backbone ``name`` to ``path``
+    (``torch.save``), to try the whole pipeline offline through ``weights=path`` /
+    ``--weights path``. The features are meaningless; the plumbing is real.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    import timm
+    import torch
+
+    config = get_backbone_config(name)
+    torch.manual_seed(seed)
+    model = timm.create_model(config.timm_name, pretrained=False, num_classes=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
 
 
 def available_backbones() -> list[str]:
