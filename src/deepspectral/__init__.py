@@ -27,6 +27,8 @@ __all__ = [
     "decompose",
     "localize",
     "segment_object",
+    "matte",
+    "composite",
     "load_image",
 ]
 
@@ -37,6 +39,8 @@ _LAZY = {
     "decompose": "deepspectral.spectral",
     "localize": "deepspectral.tasks.localize",
     "segment_object": "deepspectral.tasks.segment",
+    "matte": "deepspectral.tasks.matting",
+    "composite": "deepspectral.tasks.matting",
     "load_image": "deepspectral.data.images",
 }
 

@@ -32,7 +32,7 @@ from ._version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunSummary
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "backbone_from_args", "number_type"]
 
 #: Exit status when some images failed / on usage and setup errors (as argparse uses).
 EXIT_FAILED_IMAGES = 1
@@ -65,34 +65,27 @@ def _backbone_names() -> list[str]:
     return sorted(BACKBONES)
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+def number_type(kind: type = int, minimum: float = 0):
+    """An argparse ``type``: a finite ``int`` or ``float`` at least ``minimum``, with a
+    clear message otherwise."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {noun} >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} >= {minimum}"  # how argparse names it in errors
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_non_negative_float = number_type(float, 0)
+_positive_int = number_type(int, 1)
+_non_negative_int = number_type(int, 0)
 
 
 def _device(text: str) -> str:
@@ -254,13 +247,11 @@ def _error(message: str) -> None:
     print(f"deepspectral: error: {message}", file=sys.stderr)
 
 
-def _make_pipeline(args: argparse.Namespace):
-    """The backbone and settings shared by the image commands, with the cache."""
+def backbone_from_args(args: argparse.Namespace):
+    """The :class:`~deepspectral.Backbone` the shared backbone options ask for."""
     from .backbones import Backbone
-    from .pipeline import Pipeline, default_cache_dir, estimate_cache_bytes
-    from .store import Store
 
-    backbone = Backbone(
+    return Backbone(
         args.backbone,
         weights=args.weights,
         device=args.device,
@@ -268,6 +259,14 @@ def _make_pipeline(args: argparse.Namespace):
         feature=args.feature,
         precision=args.precision,
     )
+
+
+def _make_pipeline(args: argparse.Namespace):
+    """The backbone and settings shared by the image commands, with the cache."""
+    from .pipeline import Pipeline, default_cache_dir, estimate_cache_bytes
+    from .store import Store
+
+    backbone = backbone_from_args(args)
     store = None
     if not args.no_cache:
         cache_dir = args.cache or default_cache_dir(args.out)

@@ -32,6 +32,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..cli import number_type
+
 __all__ = [
     "register",
     "EvalResult",
@@ -518,16 +520,6 @@ def iou_histogram(values, *, bins: int = 20, size: tuple[int, int] = (200, 400))
 # ---------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def _sweep(text: str) -> tuple[str, list]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected SETTING=V1,V2,..., got {text!r}")
@@ -555,7 +547,7 @@ def _add_dataset_arguments(parser, datasets) -> None:
         "--image-list", type=Path, default=None, metavar="FILE",
         help="text file of image names to keep (COCO datasets; replaces the shipped COCO20k list)",
     )  # fmt: skip
-    group.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate N images only")
+    group.add_argument("--limit", type=number_type(int, 1), default=None, metavar="N", help="evaluate N images only")
     group.add_argument(
         "--seed", type=int, default=None, help="with --limit: draw the N images at random with this seed (default: the first N)"
     )
@@ -576,9 +568,11 @@ def _add_run_arguments(parser) -> None:
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     model.add_argument("--block", type=int, default=defaults.BLOCK, help="transformer block of the features")
     model.add_argument("--feature", choices=defaults.FEATURE_KINDS, default=defaults.FEATURE)
+    model.add_argument("--precision", choices=defaults.PRECISIONS, default=defaults.PRECISION,
+                       help="arithmetic of the backbone (fp16: CUDA only)")  # fmt: skip
     model.add_argument("--max-size", type=int, default=defaults.MAX_SIZE, help="longest image side used (0: no limit)")
     model.add_argument("--knn-lambda", type=float, default=defaults.KNN_LAMBDA, help="weight of the colour affinity")
-    model.add_argument("--n-eigenvectors", type=_positive_int, default=defaults.N_EIGENVECTORS)
+    model.add_argument("--n-eigenvectors", type=number_type(int, 1), default=defaults.N_EIGENVECTORS)
     model.add_argument("--knn-kernel", choices=defaults.KNN_KERNELS, default=defaults.KNN_KERNEL)
     model.add_argument("--cache", type=Path, default=None, metavar="DIR",
                        help="cache of features and eigenvectors (default: OUT/.cache when -o is given)")  # fmt: skip
@@ -630,7 +624,7 @@ def register(commands, common, formatter) -> None:
                      help="predict with the self-trained model or the clustering (auto: the model when the run has one)")
     sem.add_argument("--weights", type=Path, default=None, metavar="FILE", help="weights of the run's backbone (offline)")
     sem.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")  # fmt: skip
-    sem.add_argument("--limit", type=_positive_int, default=None, metavar="N")
+    sem.add_argument("--limit", type=number_type(int, 1), default=None, metavar="N")
     sem.add_argument("--seed", type=int, default=None)
     sem.add_argument("-o", "--out", type=Path, default=None, metavar="OUT")
     sem.add_argument("-q", "--quiet", action="store_true")
@@ -666,7 +660,8 @@ class _Decomposer:
 
         self.settings = settings
         self.backbone = Backbone(
-            settings["backbone"], weights=weights, device=device, block=settings["block"], feature=settings["feature"]
+            settings["backbone"], weights=weights, device=device, block=settings["block"], feature=settings["feature"],
+            precision=settings.get("precision", "fp32"),
         )
         self.weights = weights
         self.store = Store(cache_dir) if cache_dir is not None else None
@@ -676,15 +671,19 @@ class _Decomposer:
 
         return f"{file_digest(sample.image_path)}:{sample.crop_xyxy}:{sample.image_size}"
 
+    _weights_id: str | None = None
+
     def __call__(self, image, sample):
         from ..spectral import decompose
-        from ..store import cache_key
+        from ..store import cache_key, file_digest
 
         s = self.settings
         max_size = s["max_size"] or None
+        if self._weights_id is None:  # the weights' content, as the pipeline's cache keys use
+            self._weights_id = "hub" if self.weights is None else f"sha256:{file_digest(self.weights)}"
         feature_settings = {
-            "backbone": s["backbone"], "block": s["block"], "feature": s["feature"], "max_size": max_size,
-            "weights": None if self.weights is None else [str(self.weights), Path(self.weights).stat().st_size],
+            "backbone": s["backbone"], "block": s["block"], "feature": s["feature"],
+            "precision": s.get("precision", "fp32"), "max_size": max_size, "weights": self._weights_id,
         }  # fmt: skip
         eig_settings = dict(feature_settings, knn_lambda=s["knn_lambda"], n_eigenvectors=s["n_eigenvectors"],
                             knn_kernel=s["knn_kernel"])  # fmt: skip
@@ -710,7 +709,8 @@ class _Decomposer:
 
 def _settings(args) -> dict:
     return {
-        "backbone": args.backbone, "block": args.block, "feature": args.feature, "max_size": args.max_size,
+        "backbone": args.backbone, "block": args.block, "feature": args.feature, "precision": args.precision,
+        "max_size": args.max_size,
         "knn_lambda": args.knn_lambda, "n_eigenvectors": args.n_eigenvectors, "knn_kernel": args.knn_kernel,
     }  # fmt: skip
 

@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..cli import number_type
+
 __all__ = ["register", "run", "parse_color"]
 
 #: Output suffixes (appended to each image's output name).
@@ -49,26 +51,6 @@ def parse_color(text: str) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
-def _layers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
-    return value
-
-
-def _band(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value >= 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
 def register(commands, common, formatter) -> None:
     """Add the ``matte`` command to the CLI's subparsers (see ``cli.COMMAND_MODULES``)."""
     # literal copies of tasks.matting.MATTING_MODES (checked by the tests): importing the
@@ -93,7 +75,7 @@ def register(commands, common, formatter) -> None:
         "resolution; full: the paper's decomposition at full resolution (sparsified feature "
         "affinity), much slower",
     )
-    group.add_argument("--layers", type=_layers, default=None, metavar="N", help="also write N soft RGBA layers")
+    group.add_argument("--layers", type=number_type(int, 2), default=None, metavar="N", help="also write N soft RGBA layers")
     back = group.add_mutually_exclusive_group()
     back.add_argument(
         "--background",
@@ -111,7 +93,7 @@ def register(commands, common, formatter) -> None:
     )
     group.add_argument(
         "--band",
-        type=_band,
+        type=number_type(float, 0),
         default=None,
         help="fast mode: half-width in pixels of the trimap's unknown band around the coarse mask "
         "(default: two cells of the 1/8 grid, 16)",
@@ -153,10 +135,11 @@ def run(args: argparse.Namespace) -> int:
         _error(str(error))
         return EXIT_USAGE
 
-    from ..backbones import Backbone, WeightsUnavailableError
+    from ..backbones import WeightsUnavailableError
+    from ..cli import backbone_from_args
 
     try:
-        backbone = Backbone(args.backbone, weights=args.weights, device=args.device, block=args.block, feature=args.feature)
+        backbone = backbone_from_args(args)
     except WeightsUnavailableError as error:
         _error(str(error))
         return EXIT_USAGE

@@ -131,7 +131,8 @@ def _check_out(out: Path) -> bool:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from ..backbones import Backbone, WeightsUnavailableError
+    from ..backbones import WeightsUnavailableError
+    from ..cli import backbone_from_args
     from ..data.images import collect_inputs
     from ..tasks import semantic
 
@@ -154,7 +155,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         _error(str(error))
         return EXIT_USAGE
     try:
-        source = Backbone(args.backbone, weights=args.weights, device=args.device, block=args.block, feature=args.feature)
+        source = backbone_from_args(args)
     except WeightsUnavailableError as error:
         _error(str(error))
         return EXIT_USAGE
