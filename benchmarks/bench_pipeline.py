@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from deepspectral import Backbone
 from deepspectral.backbones import save_random_weights
 from deepspectral.data.images import collect_inputs
@@ -54,7 +56,8 @@ def main() -> None:
     found = collect_inputs([s for s in sources if Path(s).exists()])
     if not found:
         raise SystemExit("no images found")
-    items = [found[i % len(found)] for i in range(args.images)]
+    order = np.random.default_rng(0).permutation(len(found))  # a stationary mix of sizes
+    items = [found[order[i % len(found)]] for i in range(args.images)]
     weights = args.weights
     if weights is None:
         weights = save_random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth", "dino_vits16")

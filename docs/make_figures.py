@@ -1,9 +1,11 @@
 """Make the README pictures from a real photo (DAVIS-2016 'blackswan', ../shared/data).
 
-Row 1: a random-initialised ViT-S/16 (no pretrained weights can be downloaded where this
+pipeline.png — row 1: a random-initialised ViT-S/16 (no pretrained weights can be downloaded where this
 project is built): image, first eigenvectors, box, CRF mask. Row 2: the same pipeline
 with *oracle* patch features made from the ground-truth mask (what the decomposition does
 when the features separate the object, as DINO's do): image, Fiedler vector, box, mask.
+matting.png — the photo, the alpha matte of `matte` (fast mode) and the cut-out
+composited on a flat colour, with the same oracle features.
 
     python docs/make_figures.py [--weights FILE]
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepspectral import Backbone, PatchFeatures, decompose, localize, segment_object
+from deepspectral import Backbone, PatchFeatures, composite, decompose, localize, matte, segment_object
 from deepspectral.backbones import save_random_weights
 from deepspectral.data.images import load_image
 from deepspectral.viz import draw_box, eigenvector_figure, overlay_mask
@@ -59,6 +61,14 @@ def main() -> None:
     width = max(random_row.shape[1], oracle_row.shape[1])
     pad = lambda r: np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
     figure = np.concatenate([pad(random_row), np.full((8, width, 3), 255, np.uint8), pad(oracle_row)])
+    result = matte(image, features=oracle_features(truth), mode="fast")
+    alpha_rgb = np.repeat(np.round(result.alpha * 255).astype(np.uint8)[..., None], 3, axis=2)
+    swap = composite(image, result.alpha, (0, 177, 64))
+    gap = np.full((image.shape[0], 8, 3), 255, np.uint8)
+    after = Image.fromarray(np.concatenate([image, gap, alpha_rgb, gap, swap], axis=1))
+    after.resize((1200, round(after.height * 1200 / after.width)), Image.Resampling.LANCZOS).save(
+        HERE / "matting.png", optimize=True
+    )
     picture = Image.fromarray(figure)
     picture = picture.resize((1600, round(picture.height * 1600 / picture.width)), Image.Resampling.LANCZOS)
     picture.save(HERE / "pipeline.png", optimize=True)

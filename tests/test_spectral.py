@@ -265,3 +265,22 @@ def test_eigensolver_reads_only_the_upper_triangle(n_nodes_side):
     np.testing.assert_allclose(values_upper, values, atol=1e-6)
     for a, b in zip(vectors, vectors_upper):
         assert abs(np.dot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.9999
+
+
+def test_blas_threads_limited_inside_and_restored_after():
+    from threadpoolctl import threadpool_info
+
+    from deepspectral.spectral import single_threaded_blas
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded_blas():
+        with single_threaded_blas():  # nested / concurrent users keep the limit
+            assert all(n == 1 for n in blas_threads())
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+    image, feats, _ = rectangle_case()
+    decompose(feats, image)
+    assert blas_threads() == before

@@ -6,6 +6,7 @@ row-major: node ``i`` is grid cell ``(i // w, i % w)``.
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +16,7 @@ import scipy.sparse
 from . import defaults
 
 __all__ = [
+    "linear_taps",
     "interpolation_matrix",
     "resize_bilinear",
     "feature_affinity",
@@ -30,25 +32,39 @@ __all__ = [
 _KERNEL_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=64)
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-D linear interpolation of ``torch.nn.functional.interpolate`` with
+    ``align_corners=False`` (half-pixel centres, no antialiasing) as 2 taps per output.
+
+    Returns
+    -------
+    index : (n_out, 2) int64
+        The two input samples each output reads (equal at the borders).
+    weight : (n_out, 2) float32
+        Their weights, summing to 1. Both arrays are cached: do not modify them.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"n_in, n_out: expected positive sizes, got {n_in}, {n_out}")
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    frac = (src - lo).astype(np.float32)
+    index = np.stack([lo, np.minimum(lo + 1, n_in - 1)], axis=1)
+    weight = np.stack([1.0 - frac, frac], axis=1).astype(np.float32)
+    index.flags.writeable = weight.flags.writeable = False
+    return index, weight
+
+
 def interpolation_matrix(n_in: int, n_out: int) -> scipy.sparse.csr_matrix:
-    """1-D linear interpolation operator of ``torch.nn.functional.interpolate`` with
-    ``align_corners=False`` (half-pixel centres, no antialiasing).
+    """:func:`linear_taps` as a matrix.
 
     Returns
     -------
     (n_out, n_in) float32 CSR matrix with at most 2 entries per row, rows summing to 1.
     """
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"n_in, n_out: expected positive sizes, got {n_in}, {n_out}")
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
+    index, weight = linear_taps(n_in, n_out)
     rows = np.repeat(np.arange(n_out), 2)
-    cols = np.stack([lo, hi], axis=1).ravel()
-    vals = np.stack([1.0 - frac, frac], axis=1).ravel()
-    return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(n_out, n_in), dtype=np.float32)
+    return scipy.sparse.csr_matrix((weight.ravel(), (rows, index.ravel())), shape=(n_out, n_in), dtype=np.float32)
 
 
 def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -64,6 +80,7 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(np.swapaxes(out, 0, 1), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=32)
 def bilinear_taps(size_in: tuple[int, int], size_out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The 2-D bilinear operator of :func:`resize_bilinear` as 4 taps per output pixel.
 
@@ -72,28 +89,22 @@ def bilinear_taps(size_in: tuple[int, int], size_out: tuple[int, int]) -> tuple[
     taps : (H * W, 4) int64
         Input pixels (row-major indices) each output pixel reads.
     weights : (H * W, 4) float32
-        Their weights (summing to 1; unused taps have weight 0).
+        Their weights (summing to 1). Both arrays are cached: do not modify them.
     """
-
-    def one_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-        matrix = interpolation_matrix(n_in, n_out).tocoo()
-        index = np.zeros((n_out, 2), np.int64)
-        weight = np.zeros((n_out, 2), np.float32)
-        slot = np.zeros(n_out, np.int64)
-        for row, col, value in zip(matrix.row, matrix.col, matrix.data):
-            index[row, slot[row]], weight[row, slot[row]] = col, value
-            slot[row] += 1
-        return index, weight
-
-    iy, wy = one_axis(size_in[0], size_out[0])
-    ix, wx = one_axis(size_in[1], size_out[1])
-    taps = (iy[:, None, :, None] * size_in[1] + ix[None, :, None, :]).reshape(-1, 4)
-    weights = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(-1, 4).astype(np.float32)
-    return np.ascontiguousarray(taps), np.ascontiguousarray(weights)
+    iy, wy = linear_taps(size_in[0], size_out[0])
+    ix, wx = linear_taps(size_in[1], size_out[1])
+    taps = np.ascontiguousarray((iy[:, None, :, None] * size_in[1] + ix[None, :, None, :]).reshape(-1, 4))
+    weights = np.ascontiguousarray((wy[:, None, :, None] * wx[None, :, None, :]).reshape(-1, 4), dtype=np.float32)
+    taps.flags.writeable = weights.flags.writeable = False
+    return taps, weights
 
 
 def feature_affinity(
-    features: np.ndarray, grid_size: tuple[int, int] | None = None, *, upper_only: bool = False
+    features: np.ndarray,
+    grid_size: tuple[int, int] | None = None,
+    *,
+    upper_only: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Deep-feature affinity ``W_feat = max(f̂ f̂ᵀ, 0)`` on the working grid (Eq. 2).
 
@@ -114,6 +125,9 @@ def feature_affinity(
     upper_only : bool, default False
         Fill only the upper triangle (``j >= i``) and leave the rest undefined; the
         eigensolver reads one triangle only, and this halves the work.
+    out : (h * w, h * w) float32, optional
+        Where to write the result (a reused buffer spares the page faults of a fresh
+        allocation); a new array otherwise.
 
     Returns
     -------
@@ -127,17 +141,17 @@ def feature_affinity(
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     gram = f @ f.T  # (n_p, n_p)
     if grid_size == (hp, wp):
-        return np.maximum(gram, 0.0, out=gram)
+        return np.maximum(gram, 0.0, out=gram if out is None else out)
     from . import _kernels
 
     taps, weights = bilinear_taps((hp, wp), grid_size)
     n = grid_size[0] * grid_size[1]
     half = np.empty((hp * wp, n), np.float32)
-    affinity = np.empty((n, n), np.float32)
+    affinity = np.empty((n, n), np.float32) if out is None else out
     # the kernels are parallel already; one launch at a time keeps every numba threading
     # layer safe when several images are decomposed in threads
     with _KERNEL_LOCK:
-        _kernels.upsample_rows(gram, taps, weights, half)  # G Uᵀ, (n_p, N)
+        _kernels.upsample_rows(gram, wp, *linear_taps(hp, grid_size[0]), *linear_taps(wp, grid_size[1]), half)
         _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper
         if not upper_only:
             _kernels.mirror_upper(affinity)

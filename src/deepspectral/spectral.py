@@ -9,8 +9,10 @@ as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)`` without a fact
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +133,58 @@ class Decomposition:
             )
 
 
+_WORKSPACE = threading.local()
+#: Largest affinity buffer kept between calls (per thread): 7,500 nodes = 225 MB, the
+#: default max_size's largest grid.
+_WORKSPACE_MAX_NODES = 7_600
+
+
+def _workspace(n: int) -> np.ndarray | None:
+    """A per-thread ``(n, n)`` float32 buffer reused across images (a fresh 25-200 MB
+    array costs thousands of page faults, a large share of the eigen-step); ``None``
+    (allocate normally) above :data:`_WORKSPACE_MAX_NODES`."""
+    if n > _WORKSPACE_MAX_NODES:
+        return None
+    buffer = getattr(_WORKSPACE, "buffer", None)
+    if buffer is None or buffer.size < n * n:
+        buffer = _WORKSPACE.buffer = np.empty(n * n, np.float32)
+    return buffer[: n * n].reshape(n, n)
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict = {"controller": None, "users": 0, "limiter": None}
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Context limiting BLAS (OpenBLAS / MKL) to one thread while any thread is inside it.
+
+    The eigen-step's BLAS calls are memory-bound matrix-vector products; a second BLAS
+    thread buys little and, spinning between calls, takes the core that the colour
+    neighbour search, the numba kernels, another image's eigen-step (``--workers``) or the
+    backbone need (measured here: the eigen-step 2-3x faster in a busy process). One
+    thread also makes the results independent of the machine's core count. The limit is
+    reference-counted, so concurrent decompositions never see it lifted midway, and the
+    caller's setting is restored when the last one leaves.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    with _BLAS_LOCK:
+        if _BLAS_STATE["controller"] is None:
+            _BLAS_STATE["controller"] = ThreadpoolController()
+        if _BLAS_STATE["users"] == 0:
+            _BLAS_STATE["limiter"] = _BLAS_STATE["controller"].limit(limits=1, user_api="blas")
+        _BLAS_STATE["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["users"] -= 1
+            if _BLAS_STATE["users"] == 0:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
+
+
 def working_grid(crop_size: tuple[int, int]) -> tuple[int, int]:
     """The intermediate resolution ``(H_c // 8, W_c // 8)`` of the paper (at least 1x1)."""
     return (max(1, crop_size[0] // defaults.GRID_STRIDE), max(1, crop_size[1] // defaults.GRID_STRIDE))
@@ -143,6 +197,7 @@ def affinity_matrix(
     knn_lambda: float = defaults.KNN_LAMBDA,
     knn_kernel: str = defaults.KNN_KERNEL,
     upper_only: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fused affinity ``W = W_feat + λ_knn · W_knn`` (Eq. 3) as a dense matrix.
 
@@ -155,6 +210,8 @@ def affinity_matrix(
     upper_only : bool, default False
         Fill only the upper triangle (``j >= i``); what :func:`laplacian_eigenvectors`
         needs with ``upper_only=True``.
+    out : (h * w, h * w) float32, optional
+        Buffer to write into (see :func:`deepspectral.affinity.feature_affinity`).
 
     Returns
     -------
@@ -164,11 +221,11 @@ def affinity_matrix(
         raise ValueError(f"knn_lambda: expected a value >= 0, got {knn_lambda}")
     grid = image_small.shape[:2]
     if knn_lambda == 0:
-        return feature_affinity(features, grid, upper_only=upper_only)
+        return feature_affinity(features, grid, upper_only=upper_only, out=out)
     # the colour neighbour search runs beside the feature product
     with ThreadPoolExecutor(max_workers=1) as pool:
         colour_pairs = pool.submit(lambda: list(knn_pairs(image_small, kernel=knn_kernel)))
-        affinity = feature_affinity(features, grid, upper_only=upper_only)
+        affinity = feature_affinity(features, grid, upper_only=upper_only, out=out)
         for rows, cols, weights in colour_pairs.result():
             add_symmetric_pairs(affinity, rows, cols, knn_lambda * weights, upper_only=upper_only)
     return affinity
@@ -336,10 +393,16 @@ def decompose(
             f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
         )
     image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
-    affinity = affinity_matrix(
-        features.features, image_small, knn_lambda=knn_lambda, knn_kernel=knn_kernel, upper_only=True
-    )
-    eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
+    with single_threaded_blas():
+        affinity = affinity_matrix(
+            features.features,
+            image_small,
+            knn_lambda=knn_lambda,
+            knn_kernel=knn_kernel,
+            upper_only=True,
+            out=_workspace(grid[0] * grid[1]),
+        )
+        eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
     eigenvectors = orient_eigenvectors(eigenvectors.reshape(-1, *grid))
     settings = {
         "backbone": features.backbone,
