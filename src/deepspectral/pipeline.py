@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import defaults
-from .spectral import Decomposition, decompose
+from .spectral import Decomposition, decompose, single_threaded_blas
 from .store import Store, cache_key, file_digest
 
 __all__ = ["Pipeline", "ImageResult", "estimate_cache_bytes"]
@@ -128,6 +128,8 @@ class Pipeline:
         items = list(items)
         pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
         pending: deque[tuple[ImageResult, Future | None]] = deque()
+        blas = single_threaded_blas()  # for the whole run (see its docstring)
+        blas.__enter__()
         try:
             for start in range(0, len(items), self.batch_size):
                 chunk = [ImageResult(item) for item in items[start : start + self.batch_size]]
@@ -161,6 +163,7 @@ class Pipeline:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            blas.__exit__(None, None, None)
 
     def _keys(self, path) -> tuple[str | None, str | None]:
         if self.store is None:

@@ -159,13 +159,14 @@ _BLAS_STATE: dict = {"controller": None, "users": 0, "limiter": None}
 def single_threaded_blas():
     """Context limiting BLAS (OpenBLAS / MKL) to one thread while any thread is inside it.
 
-    The eigen-step's BLAS calls are memory-bound matrix-vector products; a second BLAS
-    thread buys little and, spinning between calls, takes the core that the colour
-    neighbour search, the numba kernels, another image's eigen-step (``--workers``) or the
-    backbone need (measured here: the eigen-step 2-3x faster in a busy process). One
-    thread also makes the results independent of the machine's core count. The limit is
-    reference-counted, so concurrent decompositions never see it lifted midway, and the
-    caller's setting is restored when the last one leaves.
+    For runs over many images (:class:`deepspectral.pipeline.Pipeline` holds it for the
+    whole run): the eigen-step's BLAS calls are memory-bound matrix-vector products, and
+    a second BLAS thread, spinning between calls, takes the core that the colour neighbour
+    search, the numba kernels, another image's eigen-step (``--workers``) or the backbone
+    need. Hold it over a whole run rather than per image: switching OpenBLAS's thread
+    count back and forth costs more than it saves. The limit is reference-counted, so
+    concurrent users never see it lifted midway, and the caller's setting is restored
+    when the last one leaves.
     """
     from threadpoolctl import ThreadpoolController
 
@@ -393,16 +394,15 @@ def decompose(
             f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
         )
     image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
-    with single_threaded_blas():
-        affinity = affinity_matrix(
-            features.features,
-            image_small,
-            knn_lambda=knn_lambda,
-            knn_kernel=knn_kernel,
-            upper_only=True,
-            out=_workspace(grid[0] * grid[1]),
-        )
-        eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
+    affinity = affinity_matrix(
+        features.features,
+        image_small,
+        knn_lambda=knn_lambda,
+        knn_kernel=knn_kernel,
+        upper_only=True,
+        out=_workspace(grid[0] * grid[1]),
+    )
+    eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
     eigenvectors = orient_eigenvectors(eigenvectors.reshape(-1, *grid))
     settings = {
         "backbone": features.backbone,
