@@ -61,9 +61,11 @@ MAX_SIZE = 800
 #: (30,000 nodes = 3.6 GB, about a 1,400 x 1,400 image with --max-size 0).
 MAX_GRID_NODES = 30_000
 #: Images per backbone forward pass in dataset runs (bucketed by size: results unchanged).
-BATCH_SIZE = 4
-#: Threads running the eigen-step beside the backbone in dataset runs.
-WORKERS = 2
+#: On a 2-core CPU batching measured no faster (benchmarks/bench_pipeline.py); raise it on a GPU.
+BATCH_SIZE = 1
+#: Threads running the eigen-step beside the backbone in dataset runs. On a 2-core CPU the
+#: backbone already keeps both cores busy and 2 measured slower; more cores or a GPU gain.
+WORKERS = 1
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 200_000_000
 
