@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest

@@ -32,7 +32,7 @@ from ._version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunSummary
 
-__all__ = ["main", "build_parser", "backbone_from_args", "number_type"]
+__all__ = ["main", "build_parser", "backbone_from_args", "inputs_from_args", "number_type", "UsageError"]
 
 #: Exit status when some images failed / on usage and setup errors (as argparse uses).
 EXIT_FAILED_IMAGES = 1
@@ -247,18 +247,39 @@ def _error(message: str) -> None:
     print(f"deepspectral: error: {message}", file=sys.stderr)
 
 
-def backbone_from_args(args: argparse.Namespace):
-    """The :class:`~deepspectral.Backbone` the shared backbone options ask for."""
-    from .backbones import Backbone
+class UsageError(Exception):
+    """A problem with the command's arguments or setup: reported in one line, exit 2."""
 
-    return Backbone(
-        args.backbone,
-        weights=args.weights,
-        device=args.device,
-        block=args.block,
-        feature=args.feature,
-        precision=args.precision,
-    )
+
+def backbone_from_args(args: argparse.Namespace):
+    """The :class:`~deepspectral.Backbone` the shared backbone options ask for; a failure
+    to load it (no weights offline, bad file, ...) is a :class:`UsageError`."""
+    from .backbones import Backbone, WeightsUnavailableError
+
+    try:
+        return Backbone(
+            args.backbone,
+            weights=args.weights,
+            device=args.device,
+            block=args.block,
+            feature=args.feature,
+            precision=args.precision,
+        )
+    except WeightsUnavailableError as error:
+        raise UsageError(str(error)) from None
+    except (ImportError, ValueError, OSError, RuntimeError) as error:
+        raise UsageError(f"cannot load the backbone '{args.backbone}': {error}") from None
+
+
+def inputs_from_args(args: argparse.Namespace) -> list:
+    """The images named by ``args.inputs`` (see :func:`deepspectral.data.images.collect_inputs`);
+    a missing path is a :class:`UsageError`."""
+    from .data.images import collect_inputs
+
+    try:
+        return collect_inputs(args.inputs)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _make_pipeline(args: argparse.Namespace):
@@ -385,7 +406,11 @@ def main(argv=None) -> int:
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
     if getattr(args, "run", None) is not None:  # a command module that runs itself
-        return args.run(args)
+        try:
+            return args.run(args)
+        except UsageError as error:
+            _error(str(error))
+            return EXIT_USAGE
 
     if args.weights is not None and not args.weights.is_file():
         _error(f"--weights: no such file: '{args.weights}'")
@@ -399,24 +424,13 @@ def main(argv=None) -> int:
             _error(problem)
             return EXIT_USAGE
 
-    from .data.images import collect_inputs
-
-    try:
-        inputs = collect_inputs(args.inputs)
-    except ValueError as error:
-        _error(str(error))
-        return EXIT_USAGE
-
     from .backbones import WeightsUnavailableError
 
-    args.inputs_found = inputs
     try:
+        inputs = args.inputs_found = inputs_from_args(args)
         pipeline = _make_pipeline(args)
-    except WeightsUnavailableError as error:
+    except UsageError as error:
         _error(str(error))
-        return EXIT_USAGE
-    except (ImportError, ValueError, OSError, RuntimeError) as error:
-        _error(f"cannot load the backbone '{args.backbone}': {error}")
         return EXIT_USAGE
     try:
         summary = args.handler(args, pipeline, inputs)

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         _error(f"--n-eigenvectors: matting needs at least 2, got {args.n_eigenvectors}")
         return EXIT_USAGE
 
-    from ..data.images import ImageLoadError, collect_inputs, load_image
+    from ..backbones import WeightsUnavailableError
+    from ..data.images import ImageLoadError, load_image
 
     background = None
     if args.background is not None:
@@ -129,23 +130,10 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     elif args.color is not None:
         background = tuple(args.color)
-    try:
-        inputs = collect_inputs(args.inputs)
-    except ValueError as error:
-        _error(str(error))
-        return EXIT_USAGE
+    from ..cli import backbone_from_args, inputs_from_args
 
-    from ..backbones import WeightsUnavailableError
-    from ..cli import backbone_from_args
-
-    try:
-        backbone = backbone_from_args(args)
-    except WeightsUnavailableError as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except (ImportError, ValueError, OSError, RuntimeError) as error:
-        _error(f"cannot load the backbone '{args.backbone}': {error}")
-        return EXIT_USAGE
+    inputs = inputs_from_args(args)  # UsageError: reported by cli.main
+    backbone = backbone_from_args(args)
 
     from ..runner import run_batch, save_png_atomic
     from ..tasks.matting import MATTING_MODE, TRIMAP_BAND, composite, cutout_rgba, matte

@@ -154,14 +154,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     except ValueError as error:
         _error(str(error))
         return EXIT_USAGE
-    try:
-        source = backbone_from_args(args)
-    except WeightsUnavailableError as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except (ImportError, ValueError, OSError, RuntimeError) as error:
-        _error(f"cannot load the backbone '{args.backbone}': {error}")
-        return EXIT_USAGE
+    source = backbone_from_args(args)  # UsageError: reported by cli.main
     try:
         result = semantic.fit(inputs, args.out, source=source, settings=settings, verbose=not args.quiet, figure=args.figure)
     except (WeightsUnavailableError, ImportError, ValueError) as error:
