@@ -32,7 +32,7 @@ from ._version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunSummary
 
-__all__ = ["main", "build_parser", "backbone_from_args", "inputs_from_args", "number_type", "UsageError"]
+__all__ = ["main", "build_parser", "backbone_from_args", "inputs_from_args", "run_images", "number_type", "UsageError"]
 
 #: Exit status when some images failed / on usage and setup errors (as argparse uses).
 EXIT_FAILED_IMAGES = 1
@@ -269,6 +269,24 @@ def backbone_from_args(args: argparse.Namespace):
         raise UsageError(str(error)) from None
     except (ImportError, ValueError, OSError, RuntimeError) as error:
         raise UsageError(f"cannot load the backbone '{args.backbone}': {error}") from None
+
+
+def run_images(inputs: list, process, *, out_dir: Path, desc: str, quiet: bool) -> int:
+    """:func:`deepspectral.runner.run_batch` for a command: its exit status (0, 1 when an
+    image failed, 2 when the backbone or an optional dependency is unavailable, 130 on
+    Ctrl-C), with the message printed."""
+    from .backbones import WeightsUnavailableError
+    from .runner import run_batch
+
+    try:
+        summary = run_batch(inputs, process, out_dir=out_dir, desc=desc, verbose=not quiet)
+    except (WeightsUnavailableError, ImportError) as error:  # raised on first use: stops the batch
+        _error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    return EXIT_FAILED_IMAGES if summary.failed else 0
 
 
 def inputs_from_args(args: argparse.Namespace) -> list:

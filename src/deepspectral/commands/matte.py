@@ -118,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
         _error(f"--n-eigenvectors: matting needs at least 2, got {args.n_eigenvectors}")
         return EXIT_USAGE
 
-    from ..backbones import WeightsUnavailableError
     from ..data.images import ImageLoadError, load_image
 
     background = None
@@ -130,12 +129,12 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     elif args.color is not None:
         background = tuple(args.color)
-    from ..cli import backbone_from_args, inputs_from_args
+    from ..cli import backbone_from_args, inputs_from_args, run_images
 
     inputs = inputs_from_args(args)  # UsageError: reported by cli.main
     backbone = backbone_from_args(args)
 
-    from ..runner import run_batch, save_png_atomic
+    from ..runner import save_png_atomic
     from ..tasks.matting import MATTING_MODE, TRIMAP_BAND, composite, cutout_rgba, matte
 
     max_size = args.max_size or None
@@ -167,12 +166,4 @@ def run(args: argparse.Namespace) -> int:
         if background is not None:
             save_png_atomic(output(item, COMPOSITE_SUFFIX), composite(image, result.alpha, background))
 
-    try:
-        summary = run_batch(inputs, process, out_dir=args.out, desc="matte", verbose=not args.quiet)
-    except (WeightsUnavailableError, ImportError) as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    return EXIT_FAILED_IMAGES if summary.failed else 0
+    return run_images(inputs, process, out_dir=args.out, desc="matte", quiet=args.quiet)

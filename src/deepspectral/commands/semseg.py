@@ -211,7 +211,8 @@ def _overlay(image, labels):
 def _run_predict(args: argparse.Namespace) -> int:
     from ..backbones import WeightsUnavailableError
     from ..data.images import collect_inputs, load_image
-    from ..runner import run_batch, save_image_atomic
+    from ..cli import run_images
+    from ..runner import save_image_atomic
     from ..tasks import semantic
 
     if args.weights is not None and not args.weights.is_file():
@@ -244,12 +245,4 @@ def _run_predict(args: argparse.Namespace) -> int:
         if args.save_viz:
             save_image_atomic(args.out / name.with_name(name.name + ".overlay.jpg"), _overlay(image, labels), quality=90)
 
-    try:
-        summary = run_batch(inputs, process, out_dir=args.out, desc="semseg predict", verbose=not args.quiet)
-    except (WeightsUnavailableError, ImportError) as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    return EXIT_FAILED_IMAGES if summary.failed else 0
+    return run_images(inputs, process, out_dir=args.out, desc="semseg predict", quiet=args.quiet)
