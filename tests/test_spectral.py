@@ -89,6 +89,35 @@ def test_knn_affinity_matches_brute_force(kernel):
     np.testing.assert_allclose(got, got.T)
 
 
+@pytest.mark.parametrize(
+    "shape,k,spatial",
+    [((23, 31), 20, 2.0), ((40, 34), 10, 0.1), ((1, 50), 7, 2.0), ((45, 1), 7, 2.0), ((3, 4), 30, 2.0)],
+)
+def test_image_knn_matches_brute_force(shape, k, spatial):
+    """Both search paths (rings where a pixel step is large, the k-d tree otherwise) and
+    degenerate grids, against a brute-force search in float64."""
+    from deepspectral.affinity import RING_SEARCH_MIN_STEP, image_knn
+
+    rng = np.random.default_rng(sum(shape) + k)
+    # smooth colours plus noise: neighbours at many distances, no exact ties
+    image = (np.linspace(0, 1, shape[0] * shape[1]).reshape(*shape, 1) + rng.uniform(0, 0.3, (*shape, 3))) / 1.3
+    distances, indices = image_knn(image.astype(np.float32), k, spatial)
+    n = shape[0] * shape[1]
+    k = min(k, n)
+    xs, ys = np.meshgrid(np.linspace(0, 1, shape[1], dtype=np.float32), np.linspace(0, 1, shape[0], dtype=np.float32))
+    points = np.column_stack([image.astype(np.float32).reshape(n, 3), spatial * xs.ravel(), spatial * ys.ravel()])
+    points = points.astype(np.float64)
+    full = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+    expected = np.argsort(full, axis=1, kind="stable")[:, :k]
+    assert indices.shape == (n, k) and distances.dtype == np.float32
+    np.testing.assert_array_equal(np.sort(indices, axis=1), np.sort(expected, axis=1))
+    np.testing.assert_allclose(distances, np.take_along_axis(full, expected, axis=1), atol=1e-6)
+    assert np.all(np.diff(distances, axis=1) >= 0) and np.all(indices[:, 0] == np.arange(n))
+    # the parametrisation covers both paths
+    step = spatial / max(shape[0] - 1, shape[1] - 1, 1)
+    assert (step >= RING_SEARCH_MIN_STEP) == (spatial == 2.0)
+
+
 def test_knn_affinity_default_settings_row_sums():
     # binary kernel: each row holds its own 20 + 10 neighbours, the self pair counted twice
     rng = np.random.default_rng(4)

@@ -19,6 +19,7 @@ never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,7 +129,9 @@ class Pipeline:
         items = list(items)
         pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
         pending: deque[tuple[ImageResult, Future | None]] = deque()
-        blas = single_threaded_blas()  # for the whole run (see its docstring)
+        # with several eigen-steps at once, each gets one BLAS thread, for the whole run
+        # (see single_threaded_blas); alone, the eigensolver uses every core
+        blas = single_threaded_blas() if pool is not None else contextlib.nullcontext()
         blas.__enter__()
         try:
             for start in range(0, len(items), self.batch_size):

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,12 +157,12 @@ _BLAS_STATE: dict = {"controller": None, "users": 0, "limiter": None}
 def single_threaded_blas():
     """Context limiting BLAS (OpenBLAS / MKL) to one thread while any thread is inside it.
 
-    For runs over many images (:class:`deepspectral.pipeline.Pipeline` holds it for the
-    whole run): the eigen-step's BLAS calls are memory-bound matrix-vector products, and
-    a second BLAS thread, spinning between calls, takes the core that the colour neighbour
-    search, the numba kernels, another image's eigen-step (``--workers``) or the backbone
-    need. Hold it over a whole run rather than per image: switching OpenBLAS's thread
-    count back and forth costs more than it saves. The limit is reference-counted, so
+    For runs where several eigen-steps run at once (:class:`deepspectral.pipeline.Pipeline`
+    with ``workers > 1`` holds it for the whole run): each eigensolver's BLAS calls are
+    memory-bound matrix-vector products, and a second BLAS thread per image, spinning
+    between calls, takes the core that another image's eigen-step or the backbone needs.
+    Hold it over a whole run rather than per image: switching OpenBLAS's thread count
+    back and forth costs more than it saves. The limit is reference-counted, so
     concurrent users never see it lifted midway, and the caller's setting is restored
     when the last one leaves.
     """
@@ -222,12 +221,11 @@ def affinity_matrix(
     grid = image_small.shape[:2]
     if knn_lambda == 0:
         return feature_affinity(features, grid, upper_only=upper_only, out=out)
-    # the colour neighbour search runs beside the feature product
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        colour_pairs = pool.submit(lambda: list(knn_pairs(image_small, kernel=knn_kernel)))
-        affinity = feature_affinity(features, grid, upper_only=upper_only, out=out)
-        for rows, cols, weights in colour_pairs.result():
-            add_symmetric_pairs(affinity, rows, cols, knn_lambda * weights, upper_only=upper_only)
+    # one after the other, each on every core: run side by side, the neighbour searches,
+    # the BLAS product and the numba kernels oversubscribe the cores (measured slower)
+    affinity = feature_affinity(features, grid, upper_only=upper_only, out=out)
+    for rows, cols, weights in knn_pairs(image_small, kernel=knn_kernel):
+        add_symmetric_pairs(affinity, rows, cols, knn_lambda * weights, upper_only=upper_only)
     return affinity
 
 
@@ -275,7 +273,7 @@ def laplacian_eigenvectors(
     affinity = np.ascontiguousarray(affinity)
     degree = np.maximum(_symmetric_matvec(affinity, np.ones(n, affinity.dtype)).astype(np.float64), 1e-12)
     inv_sqrt = 1.0 / np.sqrt(degree)
-    top = np.sqrt(degree) / np.linalg.norm(np.sqrt(degree))  # eigenvector of M for μ = 1
+    top = np.sqrt(degree / degree.sum())  # eigenvector of M for μ = 1, unit norm
     values = np.ones(k, dtype=np.float64)
     vectors = np.empty((k, n), dtype=np.float64)
     vectors[0] = top
@@ -316,13 +314,16 @@ def _deflated_top_eigenpairs(
     if n <= _DENSE_SOLVER_MAX_NODES or k >= n - 1:
         mu, v = dense()
     else:
+        from scipy.linalg import blas  # the BLAS of symv and ARPACK (see feature_affinity)
+
         dtype = affinity.dtype
         scale = inv_sqrt.astype(dtype)
         top_ = top.astype(dtype)
+        dot = blas.sdot if dtype == np.float32 else blas.ddot
 
         def matvec(x: np.ndarray) -> np.ndarray:
             x = x.reshape(-1).astype(dtype, copy=False)
-            return scale * _symmetric_matvec(affinity, scale * x) - (2.0 * float(top_ @ x)) * top_
+            return scale * _symmetric_matvec(affinity, scale * x) - (2.0 * float(dot(top_, x))) * top_
 
         operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=dtype)
         start = np.random.default_rng(0).standard_normal(n).astype(dtype)
