@@ -150,18 +150,21 @@ def feature_affinity(
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     # (n_p, n_p) through scipy's BLAS, the library the eigensolver's ``symv`` uses: numpy
     # ships a second OpenBLAS whose idle worker thread spins for ~0.1 s after a call and
-    # takes the second core from the eigensolver (3x slower right after a numpy product)
-    gram = scipy.linalg.blas.sgemm(1.0, f, f, trans_b=True)
-    if grid_size == (hp, wp):
-        return np.maximum(gram, 0.0, out=gram if out is None else out)
+    # takes the second core from the eigensolver (3x slower right after a numpy product).
+    # syrk computes one triangle (half the work of a product); the kernel mirrors it.
     from . import _kernels
 
+    gram = scipy.linalg.blas.ssyrk(1.0, f, lower=1).T  # C-ordered, upper triangle valid
+    # the kernels are parallel already; one launch at a time keeps every numba threading
+    # layer safe when several images are decomposed in threads
+    with _KERNEL_LOCK:
+        _kernels.mirror_upper(gram)
+    if grid_size == (hp, wp):
+        return np.maximum(gram, 0.0, out=gram if out is None else out)
     taps, weights = bilinear_taps((hp, wp), grid_size)
     n = grid_size[0] * grid_size[1]
     half = np.empty((hp * wp, n), np.float32)
     affinity = np.empty((n, n), np.float32) if out is None else out
-    # the kernels are parallel already; one launch at a time keeps every numba threading
-    # layer safe when several images are decomposed in threads
     with _KERNEL_LOCK:
         _kernels.upsample_rows(gram, wp, *linear_taps(hp, grid_size[0]), *linear_taps(wp, grid_size[1]), half)
         _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper

@@ -222,9 +222,12 @@ def affinity_matrix(
     if knn_lambda == 0:
         return feature_affinity(features, grid, upper_only=upper_only, out=out)
     # one after the other, each on every core: run side by side, the neighbour searches,
-    # the BLAS product and the numba kernels oversubscribe the cores (measured slower)
+    # the BLAS product and the numba kernels oversubscribe the cores (measured slower).
+    # The colour search first, so that the feature product's BLAS call comes last,
+    # right before the eigensolver's (an idle BLAS thread spins for a while after a call).
+    colour_pairs = list(knn_pairs(image_small, kernel=knn_kernel))
     affinity = feature_affinity(features, grid, upper_only=upper_only, out=out)
-    for rows, cols, weights in knn_pairs(image_small, kernel=knn_kernel):
+    for rows, cols, weights in colour_pairs:
         add_symmetric_pairs(affinity, rows, cols, knn_lambda * weights, upper_only=upper_only)
     return affinity
 
