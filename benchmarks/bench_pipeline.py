@@ -13,6 +13,7 @@ images, to show that memory stays flat.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["1:1", "2:4"], help="workers:batch_size pairs")
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--weights", default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
 
     sources = args.sources or [str(SHARED / name) for name in ("sod/images", "coco-mini", "davis2016-val/JPEGImages")]
@@ -61,9 +64,14 @@ def main() -> None:
     weights = args.weights
     if weights is None:
         weights = save_random_weights(Path(tempfile.mkdtemp()) / "vits16_random.pth", "dino_vits16")
-    backbone = Backbone("dino_vits16", weights=weights, device="cpu")
+    backbone = Backbone("dino_vits16", weights=weights, device=args.device, precision=args.precision)
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
 
-    print(f"machine: {platform.machine()}, {platform.system()}, python {platform.python_version()}; "
+        device = f"{torch.cuda.get_device_name(0)}, {args.precision}"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, python "
+          f"{platform.python_version()}, features on {device}; "
           f"{args.images} photos cycled from {len(found)} ({', '.join(Path(s).name for s in sources)})")
     print()
     print("| workers | batch | images | seconds | images/s | RSS MB at " + ", ".join(
