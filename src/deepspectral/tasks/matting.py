@@ -23,7 +23,7 @@ cropped right/bottom strips taking the values of the last row / column:
     LOBPCG started from the 1/8-grid eigenvectors upsampled (``solver="lobpcg"``, default;
     a few dozen passes over the matrix) or from cold-start Lanczos (``"lanczos"``, several
     hundred passes). They give soft layers by *spectral matting* (below); the alpha matte
-    is the layer grown from the Fiedler vector's positive (minority) side.
+    is the layer grown from the foreground side of the Fiedler vector (:func:`foreground_side`).
     **Scaling**: 1/256 of ``N²`` grows quadratically (a 500 × 375 photo: 1.4e8 entries; a
     megapixel: 4e9). Above ``FULL_MAX_PARTNERS · 256 ≈ 197k`` pixels the expected number of
     random feature partners per pixel is fixed at ``FULL_MAX_PARTNERS`` = 768 instead
@@ -87,6 +87,7 @@ __all__ = [
     "sparse_laplacian_eigenvectors",
     "matting_layers",
     "trimap_from_mask",
+    "foreground_side",
     "knn_matting_alpha",
     "cutout_rgba",
     "composite",
@@ -472,6 +473,35 @@ def matting_layers(
     return layers.reshape(n_layers, *spatial).astype(np.float32)
 
 
+def foreground_side(vector: np.ndarray) -> np.ndarray:
+    """The side of a Fiedler vector that is the object to cut out.
+
+    The localization's rule (the positive, minority side) would make any object that
+    fills more than half of the photo its background. For matting the side that lies
+    less on the image border is the object: of the two sides (``> 0`` and ``<= 0``) the
+    one whose share of border cells, relative to its area, is smaller (a border prior;
+    ties keep the positive side).
+
+    Parameters
+    ----------
+    vector : (h, w) float
+
+    Returns
+    -------
+    (h, w) bool
+    """
+    positive = np.asarray(vector) > 0
+    if positive.all() or not positive.any() or min(positive.shape) < 3:
+        return positive
+    edge = np.zeros(positive.shape, bool)
+    edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
+
+    def border_density(side: np.ndarray) -> float:
+        return float((side & edge).sum()) / float(side.sum())
+
+    return ~positive if border_density(positive) > border_density(~positive) else positive
+
+
 def trimap_from_mask(mask: np.ndarray, band: float = TRIMAP_BAND) -> np.ndarray:
     """Trimap around the boundary of a binary mask.
 
@@ -711,7 +741,7 @@ class Matte:
     Attributes
     ----------
     alpha : (H, W) float32 in [0, 1]
-        Opacity of the main object (the Fiedler vector's minority side) at the original size.
+        Opacity of the main object (:func:`foreground_side` of the Fiedler vector) at the original size.
     layers : (L, H, W) float32 or None
         Soft layers summing to 1 per pixel (with ``n_layers``), at the original size.
     mode : {"fast", "full"}
@@ -900,7 +930,7 @@ def matte(
             initial = np.moveaxis(resize_bilinear(np.moveaxis(grid_vectors, 0, -1), work), -1, 0)
         eigenvalues, vectors = sparse_laplacian_eigenvectors(affinity, int(n_eigenvectors), initial=initial, seed=seed)
         vectors = orient_eigenvectors(vectors.reshape(-1, *work))
-        fiedler = vectors[1] > 0 if len(vectors) > 1 else np.ones(work, bool)
+        fiedler = foreground_side(vectors[1]) if len(vectors) > 1 else np.ones(work, bool)
         pair = matting_layers(vectors, 2, labels=fiedler.astype(np.int64), seed=seed)
         maps = [pair[1:2]]
         if n_layers is not None:
@@ -915,7 +945,7 @@ def matte(
 
     colours = crop.astype(np.float32) / 255.0
     vectors = decomposition.eigenvectors
-    fiedler = vectors[1] > 0 if len(vectors) > 1 else np.ones(decomposition.grid_size, bool)
+    fiedler = foreground_side(vectors[1]) if len(vectors) > 1 else np.ones(decomposition.grid_size, bool)
     masks = [upsample_grid_mask(fiedler, crop_size)]
     if n_layers is not None:
         grid_layers = matting_layers(vectors, int(n_layers), seed=seed)
