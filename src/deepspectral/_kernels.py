@@ -10,7 +10,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["upsample_rows", "upper_combination_rows", "mirror_upper", "add_pairs", "grid_knn"]
+__all__ = [
+    "upsample_rows",
+    "upper_combination_rows",
+    "mirror_upper",
+    "add_pairs",
+    "grid_knn",
+    "count_pairs",
+    "sample_feature_pairs",
+    "self_affinity",
+    "symmetric_upper_spmm",
+]
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
@@ -159,3 +169,94 @@ def grid_knn(colours, xs, ys, min_step, k, out_d2, out_i):  # pragma: no cover -
                         count = _offer_pixel(colours, xs, ys, y, qx - radius, q, best_d, best_i, count)
                     if qx + radius < w:
                         count = _offer_pixel(colours, xs, ys, y, qx + radius, q, best_d, best_i, count)
+
+
+# ---------------------------------------------------------------------------------------
+# Full-resolution matting: sampled feature affinity and its products
+# ---------------------------------------------------------------------------------------
+
+#: Rows per independently seeded block of :func:`sample_feature_pairs` (the sampled pairs
+#: do not depend on the number of threads).
+SAMPLE_BLOCK_ROWS = 4096
+#: Partial outputs of :func:`symmetric_upper_spmm`, summed in a fixed order (results do
+#: not depend on the number of threads).
+SPMM_PARTS = 4
+
+
+@njit(cache=True, nogil=True)
+def count_pairs(n, rate, seed):  # pragma: no cover - compiled
+    """``Binomial(n - 1 - i, rate)`` partners above the diagonal for every row ``i``."""
+    np.random.seed(seed)
+    counts = np.empty(n, np.int64)
+    for i in range(n):
+        remaining = n - 1 - i
+        counts[i] = np.random.binomial(remaining, rate) if remaining > 0 else 0
+    return counts
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+def sample_feature_pairs(indptr, gram, taps, weights, seed, indices, data):  # pragma: no cover - compiled
+    """For every row ``i`` draw its ``indptr[i + 1] - indptr[i]`` partners ``j > i``
+    (uniformly, with replacement) and store ``max(f̂_i · f̂_j, 0)``, where ``f̂`` are the
+    patch features bilinearly upsampled (4 ``taps`` / ``weights`` per pixel) and
+    ``gram`` their patch Gram matrix. Per row, ``r = Σ_a w_ia G[p_ia]`` is formed once,
+    then each pair costs 4 reads of it. Blocks of rows run in parallel, each with its own
+    seed, so the pairs depend on ``seed`` only."""
+    n = taps.shape[0]
+    n_blocks = (n + SAMPLE_BLOCK_ROWS - 1) // SAMPLE_BLOCK_ROWS
+    for block in prange(n_blocks):
+        np.random.seed(seed + 1 + block)
+        row_sum = np.empty(gram.shape[1], np.float64)
+        for i in range(block * SAMPLE_BLOCK_ROWS, min(n, (block + 1) * SAMPLE_BLOCK_ROWS)):
+            if indptr[i + 1] == indptr[i]:
+                continue
+            row_sum[:] = 0.0
+            for a in range(4):
+                wa = np.float64(weights[i, a])
+                if wa != 0.0:
+                    row = gram[taps[i, a]]
+                    for p in range(row_sum.shape[0]):
+                        row_sum[p] += wa * row[p]
+            for t in range(indptr[i], indptr[i + 1]):
+                j = i + 1 + np.random.randint(0, n - 1 - i)
+                value = 0.0
+                for b in range(4):
+                    value += weights[j, b] * row_sum[taps[j, b]]
+                indices[t] = j
+                data[t] = value if value > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def self_affinity(gram, taps, weights):  # pragma: no cover - compiled
+    """``max(f̂_i · f̂_i, 0)`` for every pixel (see :func:`sample_feature_pairs`)."""
+    n = taps.shape[0]
+    out = np.empty(n, np.float32)
+    for i in range(n):
+        value = 0.0
+        for a in range(4):
+            for b in range(4):
+                value += weights[i, a] * weights[i, b] * gram[taps[i, a], taps[i, b]]
+        out[i] = value if value > 0.0 else 0.0
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+def symmetric_upper_spmm(indptr, indices, data, bounds, x, parts):  # pragma: no cover - compiled
+    """``(S + Sᵀ) x`` for a strictly upper CSR ``S`` and ``x (n, m)``, reading ``S`` once:
+    row block ``t`` (rows ``bounds[t]:bounds[t + 1]``) writes ``parts[t]``; the caller
+    sums the parts."""
+    m = x.shape[1]
+    for t in prange(bounds.shape[0] - 1):
+        out = parts[t]
+        out[:] = 0.0
+        for i in range(bounds[t], bounds[t + 1]):
+            xi = x[i]
+            yi = out[i]
+            for s in range(indptr[i], indptr[i + 1]):
+                j = indices[s]
+                v = data[s]
+                xj = x[j]
+                yj = out[j]
+                for c in range(m):
+                    yi[c] += v * xj[c]
+                    yj[c] += v * xi[c]
