@@ -17,9 +17,10 @@ __all__ = [
     "add_pairs",
     "grid_knn",
     "count_pairs",
-    "sample_feature_pairs",
+    "count_tile_pairs",
+    "sample_feature_tiles",
     "self_affinity",
-    "symmetric_upper_spmm",
+    "tiled_symmetric_spmm",
 ]
 
 
@@ -102,19 +103,6 @@ def add_pairs(matrix, rows, cols, weights, upper_only):  # pragma: no cover - co
             matrix[c, r] += w
 
 
-def warm_up() -> None:
-    """Compile the kernels (cached on disk by numba after the first run)."""
-    taps = np.zeros((2, 4), np.int64)
-    weights = np.ones((2, 4), np.float32)
-    out = np.zeros((2, 2), np.float32)
-    index, linear = np.zeros((2, 2), np.int64), np.full((2, 2), 0.5, np.float32)
-    upsample_rows(np.ones((2, 4), np.float32), 2, index, linear, index, linear, np.zeros((2, 4), np.float32))
-    upper_combination_rows(out, taps, weights, out)
-    mirror_upper(out)
-    pairs = np.zeros(1, np.int64)
-    add_pairs(out, pairs, pairs, np.ones(1, np.float32), True)
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _offer(distance, index, best_d, best_i, count):  # pragma: no cover - compiled
     """Insert a candidate into the ascending ``best_d`` / ``best_i`` lists (first come
@@ -175,10 +163,12 @@ def grid_knn(colours, xs, ys, min_step, k, out_d2, out_i):  # pragma: no cover -
 # Full-resolution matting: sampled feature affinity and its products
 # ---------------------------------------------------------------------------------------
 
-#: Rows per independently seeded block of :func:`sample_feature_pairs` (the sampled pairs
-#: do not depend on the number of threads).
-SAMPLE_BLOCK_ROWS = 4096
-#: Partial outputs of :func:`symmetric_upper_spmm`, summed in a fixed order (results do
+#: Side of the square tiles the sampled feature pairs are grouped in: the slices of the
+#: vectors one tile touches (2 x 8192 rows) stay in the core's L2 cache during a product.
+#: Also the rows per independently seeded sampling block (the sampled pairs do not
+#: depend on the number of threads). At most 65536 (offsets are uint16).
+PAIR_TILE = 8192
+#: Partial outputs of :func:`tiled_symmetric_spmm`, summed in a fixed order (results do
 #: not depend on the number of threads).
 SPMM_PARTS = 4
 
@@ -194,36 +184,63 @@ def count_pairs(n, rate, seed):  # pragma: no cover - compiled
     return counts
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def sample_feature_pairs(indptr, gram, taps, weights, seed, indices, data):  # pragma: no cover - compiled
-    """For every row ``i`` draw its ``indptr[i + 1] - indptr[i]`` partners ``j > i``
-    (uniformly, with replacement) and store ``max(f̂_i · f̂_j, 0)``, where ``f̂`` are the
-    patch features bilinearly upsampled (4 ``taps`` / ``weights`` per pixel) and
-    ``gram`` their patch Gram matrix. Per row, ``r = Σ_a w_ia G[p_ia]`` is formed once,
-    then each pair costs 4 reads of it. Blocks of rows run in parallel, each with its own
-    seed, so the pairs depend on ``seed`` only."""
-    n = taps.shape[0]
-    n_blocks = (n + SAMPLE_BLOCK_ROWS - 1) // SAMPLE_BLOCK_ROWS
-    for block in prange(n_blocks):
-        np.random.seed(seed + 1 + block)
-        row_sum = np.empty(gram.shape[1], np.float64)
-        for i in range(block * SAMPLE_BLOCK_ROWS, min(n, (block + 1) * SAMPLE_BLOCK_ROWS)):
-            if indptr[i + 1] == indptr[i]:
-                continue
-            row_sum[:] = 0.0
-            for a in range(4):
-                wa = np.float64(weights[i, a])
-                if wa != 0.0:
-                    row = gram[taps[i, a]]
-                    for p in range(row_sum.shape[0]):
-                        row_sum[p] += wa * row[p]
-            for t in range(indptr[i], indptr[i + 1]):
+@njit(parallel=True, cache=True, nogil=True)
+def count_tile_pairs(row_counts, seed, tile_counts):  # pragma: no cover - compiled
+    """Draw the partners of every row as :func:`sample_feature_tiles` will (same seeds,
+    same order) and count them per tile: ``tile_counts (n_tiles, n_tiles)``."""
+    n = row_counts.shape[0]
+    for row_tile in prange(tile_counts.shape[0]):
+        np.random.seed(seed + 1 + row_tile)
+        for i in range(row_tile * PAIR_TILE, min(n, (row_tile + 1) * PAIR_TILE)):
+            for _ in range(row_counts[i]):
                 j = i + 1 + np.random.randint(0, n - 1 - i)
+                tile_counts[row_tile, j // PAIR_TILE] += 1
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+def sample_feature_tiles(row_counts, tile_ptr, gram, patch_width, width, iy, wy, ix, wx, seed, rows, cols, data):  # pragma: no cover - compiled
+    """For every row ``i`` draw ``row_counts[i]`` partners ``j > i`` (uniformly, with
+    replacement) and store ``max(f̂_i · f̂_j, 0)``, where ``f̂`` are the patch features
+    (``gram``: their Gram matrix, patches row-major, ``patch_width`` a row) bilinearly
+    upsampled to an image ``width`` pixels wide (1-D taps ``iy, wy`` of its rows, ``ix,
+    wx`` of its columns, as :func:`deepspectral.affinity.linear_taps`). Per row,
+    ``r = Σ_a w_ia G[p_ia]`` is formed once, then each pair costs 4 reads of it (the taps
+    of ``j`` are computed, not loaded: no cache miss). Entries go to their tile
+    (``tile_ptr``, row-major over tiles; in a tile, by row) as offsets ``rows`` / ``cols``
+    within it. Row tiles run in parallel, each with its own seed, so the pairs depend
+    on ``seed`` only."""
+    n = row_counts.shape[0]
+    n_tiles = (n + PAIR_TILE - 1) // PAIR_TILE
+    for row_tile in prange(n_tiles):
+        np.random.seed(seed + 1 + row_tile)
+        cursor = tile_ptr[row_tile * n_tiles : (row_tile + 1) * n_tiles].copy()
+        row_sum = np.empty(gram.shape[1], np.float64)
+        first = row_tile * PAIR_TILE
+        for i in range(first, min(n, first + PAIR_TILE)):
+            if row_counts[i] == 0:
+                continue
+            y, x = i // width, i % width
+            row_sum[:] = 0.0
+            for a in range(2):
+                for b in range(2):
+                    weight = np.float64(wy[y, a]) * np.float64(wx[x, b])
+                    if weight != 0.0:
+                        row = gram[iy[y, a] * patch_width + ix[x, b]]
+                        for p in range(row_sum.shape[0]):
+                            row_sum[p] += weight * row[p]
+            for _ in range(row_counts[i]):
+                j = i + 1 + np.random.randint(0, n - 1 - i)
+                yj, xj = j // width, j % width
                 value = 0.0
-                for b in range(4):
-                    value += weights[j, b] * row_sum[taps[j, b]]
-                indices[t] = j
-                data[t] = value if value > 0.0 else 0.0
+                for a in range(2):
+                    base = iy[yj, a] * patch_width
+                    value += wy[yj, a] * (wx[xj, 0] * row_sum[base + ix[xj, 0]] + wx[xj, 1] * row_sum[base + ix[xj, 1]])
+                column_tile = j // PAIR_TILE
+                position = cursor[column_tile]
+                cursor[column_tile] += 1
+                rows[position] = i - first
+                cols[position] = j - column_tile * PAIR_TILE
+                data[position] = value if value > 0.0 else 0.0
 
 
 @njit(cache=True, nogil=True)
@@ -241,22 +258,38 @@ def self_affinity(gram, taps, weights):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def symmetric_upper_spmm(indptr, indices, data, bounds, x, parts):  # pragma: no cover - compiled
-    """``(S + Sᵀ) x`` for a strictly upper CSR ``S`` and ``x (n, m)``, reading ``S`` once:
-    row block ``t`` (rows ``bounds[t]:bounds[t + 1]``) writes ``parts[t]``; the caller
-    sums the parts."""
+def tiled_symmetric_spmm(tile_ptr, rows, cols, data, part_bounds, x, parts):  # pragma: no cover - compiled
+    """``(S + Sᵀ) x`` for ``x (n, m)`` and the strictly upper ``S`` stored in tiles (see
+    :func:`sample_feature_tiles`), reading ``S`` once: the row tiles
+    ``part_bounds[t]:part_bounds[t + 1]`` write ``parts[t]``; the caller sums the parts.
+    Within a tile the entries come row by row, so each row's sum is kept in registers."""
     m = x.shape[1]
-    for t in prange(bounds.shape[0] - 1):
+    n_tiles = part_bounds[-1]
+    for t in prange(part_bounds.shape[0] - 1):
         out = parts[t]
         out[:] = 0.0
-        for i in range(bounds[t], bounds[t + 1]):
-            xi = x[i]
-            yi = out[i]
-            for s in range(indptr[i], indptr[i + 1]):
-                j = indices[s]
-                v = data[s]
-                xj = x[j]
-                yj = out[j]
+        row_sum = np.zeros(m, np.float32)
+        for row_tile in range(part_bounds[t], part_bounds[t + 1]):
+            first_row = np.uint64(row_tile * PAIR_TILE)
+            for column_tile in range(row_tile, n_tiles):
+                first_column = np.uint64(column_tile * PAIR_TILE)
+                start, end = tile_ptr[row_tile * n_tiles + column_tile], tile_ptr[row_tile * n_tiles + column_tile + 1]
+                if start == end:
+                    continue
+                current = np.uint64(rows[start])
+                for s in range(start, end):
+                    offset = np.uint64(rows[s])
+                    if offset != current:  # a new row: flush the previous one's sum
+                        for c in range(m):
+                            out[first_row + current, c] += row_sum[c]
+                            row_sum[c] = 0.0
+                        current = offset
+                    i = first_row + offset
+                    j = first_column + np.uint64(cols[s])
+                    v = data[s]
+                    for c in range(m):
+                        row_sum[c] += v * x[j, c]
+                        out[j, c] += v * x[i, c]
                 for c in range(m):
-                    yi[c] += v * xj[c]
-                    yj[c] += v * xi[c]
+                    out[first_row + current, c] += row_sum[c]
+                    row_sum[c] = 0.0
