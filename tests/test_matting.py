@@ -24,6 +24,7 @@ from deepspectral.tasks.matting import (  # noqa: E402
     Matte,
     composite,
     cutout_rgba,
+    estimate_foreground,
     full_resolution_affinity,
     full_sample_rate,
     knn_matting_alpha,
@@ -187,9 +188,12 @@ def test_knn_matting_recovers_a_soft_rim():
 
 def test_cutout_and_composite():
     image, alpha = _object_scene(32, 48)
-    rgba = cutout_rgba(image, alpha)
+    rgba = cutout_rgba(image, alpha, decontaminate=False)
     assert rgba.shape == (32, 48, 4) and rgba.dtype == np.uint8
     np.testing.assert_array_equal(rgba[..., :3], image)  # straight, not premultiplied
+    np.testing.assert_array_equal(rgba[..., 3], np.round(alpha * 255).astype(np.uint8))
+    clean = cutout_rgba(image, alpha)
+    np.testing.assert_array_equal(clean[alpha == 1.0, :3], image[alpha == 1.0])  # opaque: untouched
     out = composite(image, np.zeros_like(alpha), (0, 255, 0))
     assert np.all(out == [0, 255, 0])
     out = composite(image, np.ones_like(alpha), (0, 255, 0))
@@ -203,6 +207,29 @@ def test_cutout_and_composite():
         composite(image, alpha[1:], (0, 0, 0))
     with pytest.raises(ValueError, match="background"):
         composite(image, alpha, (0, 0, 300))
+
+
+def test_estimate_foreground_removes_the_background_from_soft_edges():
+    """A yellow object blended into blue by a known alpha: at the rim the estimated
+    foreground is the object's colour, not the blend (independent check: the generator's
+    own colours)."""
+    image, alpha = _object_scene(96, 128, seed=2)
+    fg_true = np.array([230.0, 190.0, 60.0])
+    rim = (alpha > 0.1) & (alpha < 0.9)
+    assert rim.sum() > 200
+    foreground = estimate_foreground(image, alpha).astype(np.float64)
+    error_raw = np.linalg.norm(image[rim].astype(np.float64) - fg_true, axis=1).mean()
+    error_estimated = np.linalg.norm(foreground[rim] - fg_true, axis=1).mean()
+    assert error_estimated < 0.25 * error_raw, (error_estimated, error_raw)
+    # the compositing equation still holds with the estimated background
+    assert np.abs(foreground[alpha == 1.0] - image[alpha == 1.0]).max() == 0
+    # on a new background the halo is gone: rim pixels are the object's colour over green
+    green = np.array([0.0, 255.0, 0.0])
+    out = composite(image, alpha, (0, 255, 0)).astype(np.float64)
+    expected = alpha[rim, None] * fg_true + (1 - alpha[rim, None]) * green
+    assert np.linalg.norm(out[rim] - expected, axis=1).mean() < 20
+    raw = composite(image, alpha, (0, 255, 0), decontaminate=False).astype(np.float64)
+    assert np.linalg.norm(raw[rim] - expected, axis=1).mean() > 2 * np.linalg.norm(out[rim] - expected, axis=1).mean()
 
 
 # ---------------------------------------------------------------------------------------

@@ -98,6 +98,13 @@ def register(commands, common, formatter) -> None:
         help="fast mode: half-width in pixels of the trimap's unknown band around the coarse mask "
         "(default: two cells of the 1/8 grid, 16)",
     )
+    group.add_argument(
+        "--no-decontaminate",
+        dest="decontaminate",
+        action="store_false",
+        help="keep the image's own colours in the cut-out and composite (default: foreground colours "
+        "estimated where alpha is soft, so no halo of the old background)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seeds the sampled affinities, eigensolver start and k-means")
     parser.set_defaults(run=run)
 
@@ -159,11 +166,12 @@ def run(args: argparse.Namespace) -> int:
 
         alpha8 = np.round(np.clip(result.alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
         save_png_atomic(output(item, ALPHA_SUFFIX), alpha8)
-        save_png_atomic(output(item, CUTOUT_SUFFIX), cutout_rgba(image, result.alpha))
-        if result.layers is not None:
+        save_png_atomic(output(item, CUTOUT_SUFFIX), cutout_rgba(image, result.alpha, decontaminate=args.decontaminate))
+        if result.layers is not None:  # the image's own colours: the layers add up to it
             for index, layer in enumerate(result.layers):
-                save_png_atomic(output(item, LAYER_SUFFIX.format(index=index)), cutout_rgba(image, layer))
+                save_png_atomic(output(item, LAYER_SUFFIX.format(index=index)), cutout_rgba(image, layer, decontaminate=False))
         if background is not None:
-            save_png_atomic(output(item, COMPOSITE_SUFFIX), composite(image, result.alpha, background))
+            composited = composite(image, result.alpha, background, decontaminate=args.decontaminate)
+            save_png_atomic(output(item, COMPOSITE_SUFFIX), composited)
 
     return run_images(inputs, process, out_dir=args.out, desc="matte", quiet=args.quiet)
