@@ -313,3 +313,24 @@ def test_blas_threads_limited_inside_and_restored_after():
     image, feats, _ = rectangle_case()
     decompose(feats, image)
     assert blas_threads() == before
+
+
+def test_decompose_from_several_threads_matches_sequential():
+    """Parallel kernels are launched one at a time (numba's workqueue layer aborts on
+    concurrent launches): threads decomposing side by side get the sequential results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    jobs = []
+    for seed in range(4):
+        image = (rng.uniform(0, 255, (96, 128, 3))).astype(np.uint8)
+        features = PatchFeatures(
+            features=smooth_features(6, 8, 16, seed), patch_size=16, image_size=(96, 128),
+            input_size=(96, 128), backbone="oracle",
+        )  # fmt: skip
+        jobs.append((features, image))
+    sequential = [decompose(f, image) for f, image in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda job: decompose(*job), jobs * 3))
+    for expected, got in zip(sequential * 3, threaded):
+        np.testing.assert_array_equal(got.eigenvectors, expected.eigenvectors)

@@ -1,16 +1,32 @@
-"""Compiled (numba) kernels for the dense affinity; imported lazily by :mod:`affinity`.
+"""Compiled (numba) kernels; imported lazily by :mod:`affinity` and :mod:`tasks.matting`.
 
 Loop indices that are offsets into arrays are unsigned (``np.uint64``): with a signed
 index numba emits a negative-index wraparound test on every access, which stops LLVM
 from vectorising the loop (6x slower here).
+
+Parallel kernels run on numba's ``workqueue`` threading layer unless
+``NUMBA_THREADING_LAYER`` says otherwise: the OpenMP layer's idle threads spin after a
+kernel and took the core the eigensolver's BLAS thread needed (the eigensolver ran 40 %
+slower right after the affinity kernels; measured, see the README). The workqueue layer
+does not accept launches from two threads at once, so every parallel kernel is launched
+under :data:`LOCK` (they use every core anyway).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+
+import numba
 import numpy as np
 from numba import njit, prange
 
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 __all__ = [
+    "LOCK",
     "upsample_rows",
     "upper_combination_rows",
     "mirror_upper",
@@ -23,8 +39,27 @@ __all__ = [
     "tiled_symmetric_spmm",
 ]
 
+#: Held while a parallel kernel runs (one launch at a time, from any thread).
+LOCK = threading.Lock()
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+
+def _parallel(function=None, *, fastmath: bool = True):
+    """``njit(parallel=True)``, launched under :data:`LOCK`."""
+
+    def wrap(function):
+        compiled = njit(parallel=True, cache=True, nogil=True, fastmath=fastmath)(function)
+
+        @functools.wraps(function)
+        def launch(*args):
+            with LOCK:
+                return compiled(*args)
+
+        return launch
+
+    return wrap(function) if function is not None else wrap
+
+
+@_parallel
 def upsample_rows(matrix, width, iy, wy, ix, wx, out):  # pragma: no cover - compiled
     """Each row of ``matrix``, an image of ``width`` columns, bilinearly resampled to the
     ``(len(iy), len(ix))`` grid given by the 1-D taps (separably: columns, then rows),
@@ -63,7 +98,7 @@ def _upper_row(i, rows, taps, weights, out):  # pragma: no cover - compiled
         target[j] = value if value > zero else zero
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+@_parallel
 def upper_combination_rows(rows, taps, weights, out):  # pragma: no cover - compiled
     """Upper triangle (``j >= i``) of ``max(Σ_t weights[i, t] · rows[taps[i, t]], 0)``;
     entries below the diagonal are left untouched. Rows ``i`` and ``n - 1 - i`` go
@@ -76,7 +111,7 @@ def upper_combination_rows(rows, taps, weights, out):  # pragma: no cover - comp
             _upper_row(last, rows, taps, weights, out)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@_parallel(fastmath=False)
 def mirror_upper(matrix):  # pragma: no cover - compiled
     """Copy the upper triangle onto the lower one, in place."""
     n = matrix.shape[0]
@@ -132,7 +167,7 @@ def _offer_pixel(colours, xs, ys, y, x, q, best_d, best_i, count):  # pragma: no
     return _offer(distance, y * colours.shape[1] + x, best_d, best_i, count)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@_parallel(fastmath=False)
 def grid_knn(colours, xs, ys, min_step, k, out_d2, out_i):  # pragma: no cover - compiled
     """Exact k nearest neighbours of every pixel of an ``(h, w, 3)`` image in the space
     ``(r, g, b, xs[x], ys[y])``, searched in square rings around the pixel: every pixel
@@ -184,7 +219,7 @@ def count_pairs(n, rate, seed):  # pragma: no cover - compiled
     return counts
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@_parallel(fastmath=False)
 def count_tile_pairs(row_counts, seed, tile_counts):  # pragma: no cover - compiled
     """Draw the partners of every row as :func:`sample_feature_tiles` will (same seeds,
     same order) and count them per tile: ``tile_counts (n_tiles, n_tiles)``."""
@@ -197,7 +232,7 @@ def count_tile_pairs(row_counts, seed, tile_counts):  # pragma: no cover - compi
                 tile_counts[row_tile, j // PAIR_TILE] += 1
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+@_parallel
 def sample_feature_tiles(row_counts, tile_ptr, gram, patch_width, width, iy, wy, ix, wx, seed, rows, cols, data):  # pragma: no cover - compiled
     """For every row ``i`` draw ``row_counts[i]`` partners ``j > i`` (uniformly, with
     replacement) and store ``max(f̂_i · f̂_j, 0)``, where ``f̂`` are the patch features
@@ -257,7 +292,7 @@ def self_affinity(gram, taps, weights):  # pragma: no cover - compiled
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+@_parallel
 def tiled_symmetric_spmm(tile_ptr, rows, cols, data, part_bounds, x, parts):  # pragma: no cover - compiled
     """``(S + Sᵀ) x`` for ``x (n, m)`` and the strictly upper ``S`` stored in tiles (see
     :func:`sample_feature_tiles`), reading ``S`` once: the row tiles

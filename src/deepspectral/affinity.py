@@ -7,7 +7,6 @@ row-major: node ``i`` is grid cell ``(i // w, i % w)``.
 from __future__ import annotations
 
 import functools
-import threading
 
 import numpy as np
 import scipy.linalg.blas
@@ -30,7 +29,6 @@ __all__ = [
 ]
 
 
-_KERNEL_LOCK = threading.Lock()
 #: Smallest distance of one pixel step, in the KNN colour space, for which
 #: :func:`image_knn` searches in rings rather than with a k-d tree (measured crossover).
 RING_SEARCH_MIN_STEP = 0.003
@@ -155,21 +153,17 @@ def feature_affinity(
     from . import _kernels
 
     gram = scipy.linalg.blas.ssyrk(1.0, f, lower=1).T  # C-ordered, upper triangle valid
-    # the kernels are parallel already; one launch at a time keeps every numba threading
-    # layer safe when several images are decomposed in threads
-    with _KERNEL_LOCK:
-        _kernels.mirror_upper(gram)
+    _kernels.mirror_upper(gram)
     if grid_size == (hp, wp):
         return np.maximum(gram, 0.0, out=gram if out is None else out)
     taps, weights = bilinear_taps((hp, wp), grid_size)
     n = grid_size[0] * grid_size[1]
     half = np.empty((hp * wp, n), np.float32)
     affinity = np.empty((n, n), np.float32) if out is None else out
-    with _KERNEL_LOCK:
-        _kernels.upsample_rows(gram, wp, *linear_taps(hp, grid_size[0]), *linear_taps(wp, grid_size[1]), half)
-        _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper
-        if not upper_only:
-            _kernels.mirror_upper(affinity)
+    _kernels.upsample_rows(gram, wp, *linear_taps(hp, grid_size[0]), *linear_taps(wp, grid_size[1]), half)
+    _kernels.upper_combination_rows(half, taps, weights, affinity)  # max(U G Uᵀ, 0), upper
+    if not upper_only:
+        _kernels.mirror_upper(affinity)
     return affinity
 
 
