@@ -251,6 +251,17 @@ class UsageError(Exception):
     """A problem with the command's arguments or setup: reported in one line, exit 2."""
 
 
+def check_weights_and_out(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` when ``--weights`` names no file or ``-o/--out`` exists
+    and is not a folder (either option may be absent or None)."""
+    weights = getattr(args, "weights", None)
+    if weights is not None and not weights.is_file():
+        raise UsageError(f"--weights: no such file: '{weights}'")
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"-o/--out: '{out}' exists and is not a folder")
+
+
 def backbone_from_args(args: argparse.Namespace):
     """The :class:`~deepspectral.Backbone` the shared backbone options ask for; a failure
     to load it (no weights offline, bad file, ...) is a :class:`UsageError`."""
@@ -430,11 +441,10 @@ def main(argv=None) -> int:
             _error(str(error))
             return EXIT_USAGE
 
-    if args.weights is not None and not args.weights.is_file():
-        _error(f"--weights: no such file: '{args.weights}'")
-        return EXIT_USAGE
-    if args.out.exists() and not args.out.is_dir():
-        _error(f"-o/--out: '{args.out}' exists and is not a folder")
+    try:
+        check_weights_and_out(args)
+    except UsageError as error:
+        _error(str(error))
         return EXIT_USAGE
     if args.command == "segment" and args.crf:
         problem = _check_crf_available()

@@ -115,12 +115,9 @@ def _error(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``deepspectral matte`` on parsed arguments; returns the exit status."""
-    if args.weights is not None and not args.weights.is_file():
-        _error(f"--weights: no such file: '{args.weights}'")
-        return EXIT_USAGE
-    if args.out.exists() and not args.out.is_dir():
-        _error(f"-o/--out: '{args.out}' exists and is not a folder")
-        return EXIT_USAGE
+    from ..cli import check_weights_and_out
+
+    check_weights_and_out(args)  # UsageError: reported by cli.main
     if args.n_eigenvectors < 2:
         _error(f"--n-eigenvectors: matting needs at least 2, got {args.n_eigenvectors}")
         return EXIT_USAGE

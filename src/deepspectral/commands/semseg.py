@@ -123,24 +123,13 @@ def register(commands, common, formatter) -> None:
     predict.set_defaults(run=_run_predict)
 
 
-def _check_out(out: Path) -> bool:
-    if out.exists() and not out.is_dir():
-        _error(f"-o/--out: '{out}' exists and is not a folder")
-        return False
-    return True
-
-
 def _run_fit(args: argparse.Namespace) -> int:
     from ..backbones import WeightsUnavailableError
-    from ..cli import backbone_from_args
+    from ..cli import backbone_from_args, check_weights_and_out
     from ..data.images import collect_inputs
     from ..tasks import semantic
 
-    if args.weights is not None and not args.weights.is_file():
-        _error(f"--weights: no such file: '{args.weights}'")
-        return EXIT_USAGE
-    if not _check_out(args.out):
-        return EXIT_USAGE
+    check_weights_and_out(args)  # UsageError: reported by cli.main
     try:
         settings = semantic.SemanticSettings(
             method=args.method, segments=args.segments, adaptive_segments=args.adaptive_segments,
@@ -211,15 +200,11 @@ def _overlay(image, labels):
 def _run_predict(args: argparse.Namespace) -> int:
     from ..backbones import WeightsUnavailableError
     from ..data.images import collect_inputs, load_image
-    from ..cli import run_images
+    from ..cli import check_weights_and_out, run_images
     from ..runner import save_image_atomic
     from ..tasks import semantic
 
-    if args.weights is not None and not args.weights.is_file():
-        _error(f"--weights: no such file: '{args.weights}'")
-        return EXIT_USAGE
-    if not _check_out(args.out):
-        return EXIT_USAGE
+    check_weights_and_out(args)  # UsageError: reported by cli.main
     try:
         run = semantic.load_run(args.run_dir, device=args.device, weights=args.weights, use=args.use)
         if args.backbone is not None and args.backbone != run.settings.backbone:

@@ -706,6 +706,15 @@ def _blur_fusion(rgb: np.ndarray, alpha: np.ndarray, fg: np.ndarray, bg: np.ndar
     return np.clip(fg, 0.0, 1.0), mean_bg
 
 
+def _image_and_alpha(image, alpha) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W, 3) uint8`` image and ``(H, W) float32`` alpha, their sizes checked."""
+    rgb = as_rgb_array(image)
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.shape != rgb.shape[:2]:
+        raise ValueError(f"alpha: expected shape {rgb.shape[:2]}, got {alpha.shape}")
+    return rgb, alpha
+
+
 def estimate_foreground(image, alpha: np.ndarray) -> np.ndarray:
     """Foreground colours ``F`` such that ``image ≈ α F + (1 - α) B`` (colour decontamination).
 
@@ -726,10 +735,9 @@ def estimate_foreground(image, alpha: np.ndarray) -> np.ndarray:
     -------
     (H, W, 3) uint8
     """
-    rgb = as_rgb_array(image).astype(np.float32) / 255.0
-    alpha = np.clip(np.asarray(alpha, dtype=np.float32), 0.0, 1.0)
-    if alpha.shape != rgb.shape[:2]:
-        raise ValueError(f"alpha: expected shape {rgb.shape[:2]}, got {alpha.shape}")
+    rgb, alpha = _image_and_alpha(image, alpha)
+    rgb = rgb.astype(np.float32) / 255.0
+    alpha = np.clip(alpha, 0.0, 1.0)
     fg, bg = rgb, rgb
     for radius in FOREGROUND_RADII:
         fg, bg = _blur_fusion(rgb, alpha, fg, bg, radius)
@@ -751,10 +759,7 @@ def cutout_rgba(image, alpha: np.ndarray, *, decontaminate: bool = True) -> np.n
     -------
     (H, W, 4) uint8
     """
-    rgb = as_rgb_array(image)
-    alpha = np.asarray(alpha, dtype=np.float32)
-    if alpha.shape != rgb.shape[:2]:
-        raise ValueError(f"alpha: expected shape {rgb.shape[:2]}, got {alpha.shape}")
+    rgb, alpha = _image_and_alpha(image, alpha)
     if decontaminate:
         rgb = estimate_foreground(rgb, alpha)
     a = np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -779,10 +784,7 @@ def composite(image, alpha: np.ndarray, background, *, decontaminate: bool = Tru
     -------
     (H, W, 3) uint8
     """
-    rgb = as_rgb_array(image)
-    alpha = np.asarray(alpha, dtype=np.float32)
-    if alpha.shape != rgb.shape[:2]:
-        raise ValueError(f"alpha: expected shape {rgb.shape[:2]}, got {alpha.shape}")
+    rgb, alpha = _image_and_alpha(image, alpha)
     if isinstance(background, (tuple, list)) and len(background) == 3 and np.isscalar(background[0]):
         colour = np.asarray(background, dtype=np.float32)
         if np.any(colour < 0) or np.any(colour > 255):
