@@ -168,6 +168,11 @@ class SparseAffinity:
         return (n, n)
 
     @property
+    def tiles_per_side(self) -> int:
+        """``T``, tiles along each side of the matrix."""
+        return int(round(np.sqrt(self.tile_ptr.size - 1)))
+
+    @property
     def nnz(self) -> int:
         """Stored entries (the upper part counts once)."""
         return int(self.data.size + self.colour.nnz + self.diagonal.size)
@@ -178,7 +183,7 @@ class SparseAffinity:
         from .._kernels import PAIR_TILE
 
         n = self.shape[0]
-        tiles = int(round(np.sqrt(self.tile_ptr.size - 1)))
+        tiles = self.tiles_per_side
         tile_of_entry = np.repeat(np.arange(tiles * tiles), np.diff(self.tile_ptr))
         rows = (tile_of_entry // tiles) * PAIR_TILE + self.rows
         cols = (tile_of_entry % tiles) * PAIR_TILE + self.cols
@@ -197,7 +202,7 @@ class SparseAffinity:
         out += self.diagonal[:, None] * x2
         # S + Sᵀ in one parallel pass over S, tile by tile (scipy would read it twice, on
         # one core, with cache misses at every entry); row tiles split by entry count
-        tiles = int(round(np.sqrt(self.tile_ptr.size - 1)))
+        tiles = self.tiles_per_side
         row_ends = self.tile_ptr[tiles :: tiles]  # entries before each row tile's end
         bounds = np.searchsorted(row_ends, np.linspace(0, self.data.size, _kernels.SPMM_PARTS + 1), side="left")
         bounds = np.minimum(np.maximum.accumulate(bounds), tiles).astype(np.int64)
