@@ -1,6 +1,5 @@
 """Image matting (paper Sec. 4.4): sparse full-resolution affinity against the dense one,
-sparse eigensolvers against dense ``eigh``, layers on the simplex, trimaps, the KNN-matting
-solve, compositing, ``matte`` with oracle features (synthetic and real photos) and the
+sparse eigensolvers against dense ``eigh``, layers on the simplex, the guided filter against a brute-force window fit, compositing, ``matte`` with oracle features (synthetic and real photos) and the
 ``deepspectral matte`` command with a random-initialised backbone."""
 
 from __future__ import annotations
@@ -27,11 +26,10 @@ from deepspectral.tasks.matting import (  # noqa: E402
     estimate_foreground,
     full_resolution_affinity,
     full_sample_rate,
-    knn_matting_alpha,
+    guided_filter,
     matte,
     matting_layers,
     sparse_laplacian_eigenvectors,
-    trimap_from_mask,
 )
 
 
@@ -131,7 +129,7 @@ def test_sparse_eigenvectors_reject_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------------
-# Layers, trimaps, KNN matting, compositing
+# Layers, guided filter, compositing
 # ---------------------------------------------------------------------------------------
 
 
@@ -158,32 +156,53 @@ def test_matting_layers_are_soft_partitions():
         matting_layers(vectors, 2, labels=labels + 5)
 
 
-def test_trimap_from_mask():
-    mask = np.zeros((40, 40), bool)
-    mask[10:30, 10:30] = True
-    trimap = trimap_from_mask(mask, band=3)
-    assert set(np.unique(trimap)) == {0.0, 0.5, 1.0}
-    assert trimap[20, 20] == 1.0 and trimap[0, 0] == 0.0 and trimap[10, 20] == 0.5 and trimap[8, 20] == 0.5
-    assert trimap[5, 20] == 0.0 and trimap[14, 20] == 1.0
-    assert np.all(trimap_from_mask(np.zeros((5, 5), bool)) == 0.0)
-    assert np.all(trimap_from_mask(np.ones((5, 5), bool)) == 1.0)
-    with pytest.raises(ValueError, match="band"):
-        trimap_from_mask(mask, band=-1)
+def _guided_filter_brute_force(guide, source, radius, eps):
+    """Window by window: ridge fit of ``source ≈ aᵀ I + b`` on every (clipped) window, then
+    each pixel averages the fits of the windows that contain it."""
+    height, width = source.shape
+    a = np.zeros((height, width, 3))
+    b = np.zeros((height, width))
+    for y in range(height):
+        for x in range(width):
+            ys, xs = slice(max(y - radius, 0), y + radius + 1), slice(max(x - radius, 0), x + radius + 1)
+            colours = guide[ys, xs].reshape(-1, 3)
+            values = source[ys, xs].ravel()
+            centred = colours - colours.mean(axis=0)
+            covariance = centred.T @ centred / len(values)
+            a[y, x] = np.linalg.solve(covariance + eps * np.eye(3), centred.T @ (values - values.mean()) / len(values))
+            b[y, x] = values.mean() - a[y, x] @ colours.mean(axis=0)
+    out = np.zeros((height, width))
+    for y in range(height):
+        for x in range(width):
+            ys, xs = slice(max(y - radius, 0), y + radius + 1), slice(max(x - radius, 0), x + radius + 1)
+            out[y, x] = a[ys, xs].reshape(-1, 3).mean(axis=0) @ guide[y, x] + b[ys, xs].mean()
+    return out
 
 
-def test_knn_matting_recovers_a_soft_rim():
+def test_guided_filter_matches_brute_force():
+    rng = np.random.default_rng(5)
+    guide = rng.random((11, 14, 3))
+    source = (rng.random((11, 14)) > 0.5).astype(np.float64)
+    for radius, eps in ((2, 1e-2), (3, 1e-3), (0, 1e-2)):
+        expected = _guided_filter_brute_force(guide, source, radius, eps)
+        np.testing.assert_allclose(guided_filter(guide, source, radius=radius, eps=eps), expected, atol=2e-5)
+    with pytest.raises(ValueError, match="radius"):
+        guided_filter(guide, source, radius=-1)
+    with pytest.raises(ValueError, match="eps"):
+        guided_filter(guide, source, eps=0.0)
+    with pytest.raises(ValueError, match="source"):
+        guided_filter(guide, source[:-1])
+
+
+def test_guided_filter_feathers_a_blocky_mask():
     image, alpha_true = _object_scene()
-    trimap = np.full(alpha_true.shape, 0.5, np.float32)
-    trimap[alpha_true >= 0.999] = 1.0
-    trimap[alpha_true <= 0.001] = 0.0
-    trimap[(alpha_true > 0.001) & (alpha_true < 0.999)] = 0.5
-    alpha = knn_matting_alpha(image, trimap)
-    unknown = trimap == 0.5
-    assert np.all(alpha[trimap == 1.0] == 1.0) and np.all(alpha[trimap == 0.0] == 0.0)
-    assert np.abs(alpha - alpha_true)[unknown].mean() < 0.12
-    assert np.mean((alpha[unknown] > 0.1) & (alpha[unknown] < 0.9)) > 0.3  # soft, not binary
-    with pytest.raises(ValueError, match="trimap"):
-        knn_matting_alpha(image, trimap[:-1])
+    cells = alpha_true.reshape(12, 8, 16, 8).mean(axis=(1, 3)) > 0.5  # the object on an 8-px grid
+    coarse = cells.repeat(8, axis=0).repeat(8, axis=1).astype(np.float32)
+    alpha = np.clip(guided_filter(image / 255.0, coarse), 0.0, 1.0)
+    rim = (alpha_true > 0.02) & (alpha_true < 0.98)
+    assert np.abs(alpha - alpha_true).mean() < 0.5 * np.abs(coarse - alpha_true).mean()
+    assert iou(alpha > 0.5, alpha_true > 0.5) > iou(coarse > 0.5, alpha_true > 0.5)
+    assert np.mean((alpha[rim] > 0.1) & (alpha[rim] < 0.9)) > 0.3  # soft where the colours mix
 
 
 def test_cutout_and_composite():
@@ -323,7 +342,7 @@ def _real_pairs(n_sod: int, n_davis: int = 0):
 
 def test_real_photo_fast_mode_oracle():
     (image, mask), = _real_pairs(1)
-    result = matte(image, features=oracle_features(mask, max_size=320), mode="fast", band=8)
+    result = matte(image, features=oracle_features(mask, max_size=320), mode="fast")
     assert result.alpha.shape == mask.shape
     assert iou(result.alpha > 0.5, mask) >= 0.85
 

@@ -8,7 +8,13 @@ import scipy.linalg
 
 from deepspectral import PatchFeatures, decompose, localize
 from deepspectral.affinity import feature_affinity, interpolation_matrix, knn_affinity, resize_bilinear
-from deepspectral.spectral import Decomposition, affinity_matrix, laplacian_eigenvectors, orient_eigenvectors
+from deepspectral.spectral import (
+    Decomposition,
+    affinity_matrix,
+    laplacian_eigenvectors,
+    ncut_sweep,
+    orient_eigenvectors,
+)
 
 
 def smooth_features(h: int, w: int, c: int, seed: int) -> np.ndarray:
@@ -186,6 +192,34 @@ def test_orientation_makes_positive_side_the_minority():
 
 
 # --------------------------------------------------------------------------- decompose / localize
+
+
+def test_ncut_sweep_matches_brute_force():
+    rng = np.random.default_rng(4)
+    n = 60
+    weights = rng.random((n, n)) * (rng.random((n, n)) < 0.3)
+    weights = (weights + weights.T).astype(np.float32)
+    np.fill_diagonal(weights, 1.0)
+    vector = rng.standard_normal(n)
+    upper = np.triu(weights)
+    upper[np.tril_indices(n, -1)] = np.nan  # the lower triangle is never read
+    best, best_split = np.inf, None
+    degree = weights.astype(np.float64).sum(axis=1)
+    for threshold in np.sort(vector)[1:]:  # every split of the sorted values, brute force
+        inside = vector >= threshold
+        cut = weights[inside][:, ~inside].astype(np.float64).sum()
+        ncut = cut / degree[inside].sum() + cut / degree[~inside].sum()
+        if ncut < best:
+            best, best_split = ncut, inside
+    np.testing.assert_array_equal(ncut_sweep(vector, upper), best_split)
+    # two dense clusters joined by weak edges: the split is between them, not at 0
+    blocks = np.full((n, n), 0.01, np.float32)
+    blocks[:10, :10] = blocks[10:, 10:] = 1.0
+    shifted = np.r_[np.full(10, 0.9), np.full(n - 10, 0.5)] + 0.01 * rng.standard_normal(n)
+    np.testing.assert_array_equal(ncut_sweep(shifted, np.triu(blocks)), np.arange(n) < 10)
+    assert ncut_sweep(np.ones(1), np.ones((1, 1), np.float32)).all()
+    with pytest.raises(ValueError, match="affinity"):
+        ncut_sweep(vector, upper[:-1])
 
 
 def rectangle_case(seed: int = 0, patch: int = 16):

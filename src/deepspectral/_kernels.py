@@ -37,6 +37,7 @@ __all__ = [
     "sample_feature_tiles",
     "self_affinity",
     "tiled_symmetric_spmm",
+    "dense_cut_profile",
 ]
 
 #: Held while a parallel kernel runs (one launch at a time, from any thread).
@@ -328,3 +329,32 @@ def tiled_symmetric_spmm(tile_ptr, rows, cols, data, part_bounds, x, parts):  # 
                 for c in range(m):
                     out[first_row + current, c] += row_sum[c]
                     row_sum[c] = 0.0
+
+
+# Sweep cut (Shi & Malik's splitting point): for nodes ranked by an eigenvector, an edge
+# (i, j) of weight w is cut by every split "the first s + 1 ranks against the rest" with
+# min(rank) <= s < max(rank): +w at the lower rank, -w at the higher one of a difference
+# array whose running sum is the cut of each split. One pass over the edges, sequential
+# (scattered adds into one small array).
+
+
+@njit(cache=True, nogil=True)
+def dense_cut_profile(upper, rank, diff, degree):  # pragma: no cover - compiled
+    """Difference array of the cuts, and the degrees, of a dense matrix given by its upper
+    triangle (the lower one is not read)."""
+    n = np.uint64(upper.shape[0])
+    for i in range(n):
+        ri = rank[i]
+        degree[i] += upper[i, i]
+        for j in range(i + np.uint64(1), n):
+            w = upper[i, j]
+            if w != 0.0:
+                degree[i] += w
+                degree[j] += w
+                rj = rank[j]
+                if ri < rj:
+                    diff[ri] += w
+                    diff[rj] -= w
+                else:
+                    diff[rj] += w
+                    diff[ri] -= w

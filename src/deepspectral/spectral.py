@@ -30,8 +30,10 @@ __all__ = [
     "Decomposition",
     "decompose",
     "affinity_matrix",
+    "grid_affinity",
     "laplacian_eigenvectors",
     "orient_eigenvectors",
+    "ncut_sweep",
     "working_grid",
 ]
 
@@ -246,6 +248,59 @@ def orient_eigenvectors(eigenvectors: np.ndarray) -> np.ndarray:
     return eigenvectors
 
 
+def ncut_sweep(vector: np.ndarray, affinity) -> np.ndarray:
+    """Split an eigenvector where the normalised cut is smallest (Shi & Malik's splitting point).
+
+    The nodes are ranked by ``vector`` (descending); of the ``N - 1`` splits "the first
+    ``s + 1`` against the rest" the one with the smallest
+    ``Ncut(A, B) = cut(A, B) / vol(A) + cut(A, B) / vol(B)`` is returned. Thresholding the
+    Fiedler vector at 0 instead (the localization's rule) puts a small object's colour
+    neighbours on its side as well: the vector's values outside a small object are
+    close to 0 and the colour edges lift them above it.
+
+    Parameters
+    ----------
+    vector : (...) float
+        One value per node (e.g. the Fiedler vector ``y₁`` on the grid).
+    affinity : (N, N) float32 array
+        The affinity the vector comes from, read in its upper triangle only (as filled by
+        :func:`grid_affinity` or ``affinity_matrix(..., upper_only=True)``).
+
+    Returns
+    -------
+    (...) bool
+        The side of the best split that holds the largest values of ``vector``
+        (all True when there are fewer than 2 nodes).
+    """
+    values = np.asarray(vector, dtype=np.float64)
+    flat = values.reshape(-1)
+    n = flat.size
+    if n < 2:
+        return np.ones(values.shape, bool)
+    if not np.all(np.isfinite(flat)):
+        raise ValueError("vector: expected finite values")
+    order = np.argsort(-flat, kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    matrix = np.asarray(affinity, dtype=np.float32)
+    if matrix.shape != (n, n):
+        raise ValueError(f"affinity: expected shape {(n, n)}, got {matrix.shape}")
+    from . import _kernels
+
+    diff, degree = np.zeros(n + 1, np.float64), np.zeros(n, np.float64)
+    _kernels.dense_cut_profile(matrix, rank, diff, degree)
+    cut = np.cumsum(diff[: n - 1])
+    volume = np.cumsum(degree[order])[: n - 1]
+    rest = float(degree.sum()) - volume
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ncut = cut / volume + cut / rest
+    ncut[~np.isfinite(ncut)] = np.inf
+    if not np.isfinite(ncut).any():  # no edges at all: the sign decides
+        return values > 0
+    split = int(np.argmin(ncut))
+    return (rank <= split).reshape(values.shape)
+
+
 def laplacian_eigenvectors(
     affinity: np.ndarray, n_eigenvectors: int, *, upper_only: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -347,6 +402,54 @@ def _deflated_top_eigenpairs(
     return mu[order].astype(np.float64), v[:, order].T.astype(np.float64)
 
 
+def grid_affinity(
+    features: PatchFeatures,
+    image,
+    *,
+    knn_lambda: float = defaults.KNN_LAMBDA,
+    knn_kernel: str = defaults.KNN_KERNEL,
+) -> np.ndarray:
+    """The fused affinity of one image on its working grid, upper triangle filled.
+
+    Parameters
+    ----------
+    features : PatchFeatures
+        Features of ``image``.
+    image : PIL.Image.Image or (H, W, 3) uint8
+        The original image given to the backbone.
+    knn_lambda : float, default 10
+    knn_kernel : {"binary", "soft"}
+
+    Returns
+    -------
+    (n, n) float32, ``n = h * w`` of :func:`working_grid`; only ``j >= i`` is meaningful.
+    The array is a per-thread buffer reused by the next call (copy it to keep it).
+    """
+    rgb = as_rgb_array(image)
+    if tuple(rgb.shape[:2]) != tuple(features.image_size):
+        raise ValueError(
+            f"image: size {rgb.shape[:2]} does not match the size {features.image_size} the features were extracted from"
+        )
+    crop_h, crop_w = features.crop_size
+    small = resize_image(rgb, features.input_size)[:crop_h, :crop_w]
+    grid = working_grid((crop_h, crop_w))
+    if grid[0] * grid[1] > defaults.MAX_GRID_NODES:
+        raise ValueError(
+            f"image: the working grid {grid[0]}x{grid[1]} has more than {defaults.MAX_GRID_NODES} nodes "
+            f"(the dense affinity would need {4 * (grid[0] * grid[1]) ** 2 / 1e9:.1f} GB); "
+            f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
+        )
+    image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
+    return affinity_matrix(
+        features.features,
+        image_small,
+        knn_lambda=knn_lambda,
+        knn_kernel=knn_kernel,
+        upper_only=True,
+        out=_workspace(grid[0] * grid[1]),
+    )
+
+
 def decompose(
     features: PatchFeatures,
     image,
@@ -382,29 +485,8 @@ def decompose(
         raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
     if not np.isfinite(knn_lambda) or knn_lambda < 0:
         raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
-    rgb = as_rgb_array(image)
-    if tuple(rgb.shape[:2]) != tuple(features.image_size):
-        raise ValueError(
-            f"image: size {rgb.shape[:2]} does not match the size {features.image_size} the features were extracted from"
-        )
-    crop_h, crop_w = features.crop_size
-    small = resize_image(rgb, features.input_size)[:crop_h, :crop_w]
-    grid = working_grid((crop_h, crop_w))
-    if grid[0] * grid[1] > defaults.MAX_GRID_NODES:
-        raise ValueError(
-            f"image: the working grid {grid[0]}x{grid[1]} has more than {defaults.MAX_GRID_NODES} nodes "
-            f"(the dense affinity would need {4 * (grid[0] * grid[1]) ** 2 / 1e9:.1f} GB); "
-            f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
-        )
-    image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
-    affinity = affinity_matrix(
-        features.features,
-        image_small,
-        knn_lambda=knn_lambda,
-        knn_kernel=knn_kernel,
-        upper_only=True,
-        out=_workspace(grid[0] * grid[1]),
-    )
+    affinity = grid_affinity(features, image, knn_lambda=knn_lambda, knn_kernel=knn_kernel)
+    grid = working_grid(features.crop_size)
     eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
     eigenvectors = orient_eigenvectors(eigenvectors.reshape(-1, *grid))
     settings = {
@@ -420,7 +502,7 @@ def decompose(
         eigenvectors=eigenvectors,
         image_size=tuple(features.image_size),
         input_size=tuple(features.input_size),
-        crop_size=(crop_h, crop_w),
+        crop_size=tuple(features.crop_size),
         patch_size=features.patch_size,
         settings=settings,
     )

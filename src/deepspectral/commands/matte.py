@@ -71,8 +71,8 @@ def register(commands, common, formatter) -> None:
         "--mode",
         choices=MODE_CHOICES,
         default=None,
-        help="fast (default): eigenvectors on the 1/8 grid, trimap, KNN-matting solve at full "
-        "resolution; full: the paper's decomposition at full resolution (sparsified feature "
+        help="fast (default): eigenvectors on the 1/8 grid, normalised-cut split, guided filter at "
+        "full resolution; full: the paper's decomposition at full resolution (sparsified feature "
         "affinity), much slower",
     )
     group.add_argument("--layers", type=number_type(int, 2), default=None, metavar="N", help="also write N soft RGBA layers")
@@ -92,11 +92,11 @@ def register(commands, common, formatter) -> None:
         help="composite the foreground onto a flat colour (R,G,B in 0..255 or #RRGGBB)",
     )
     group.add_argument(
-        "--band",
-        type=number_type(float, 0),
+        "--radius",
+        type=number_type(int, 0),
         default=None,
-        help="fast mode: half-width in pixels of the trimap's unknown band around the coarse mask "
-        "(default: two cells of the 1/8 grid, 16)",
+        help="fast mode: radius in pixels of the guided filter that refines the coarse mask "
+        "(default: one cell of the 1/8 grid, 8; 0 keeps the blocky coarse mask)",
     )
     group.add_argument(
         "--no-decontaminate",
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     backbone = backbone_from_args(args)
 
     from ..runner import save_png_atomic
-    from ..tasks.matting import MATTING_MODE, TRIMAP_BAND, composite, cutout_rgba, matte
+    from ..tasks.matting import GUIDED_RADIUS, MATTING_MODE, composite, cutout_rgba, matte
 
     max_size = args.max_size or None
 
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             n_layers=args.layers,
             knn_lambda=args.knn_lambda,
             n_eigenvectors=max(args.n_eigenvectors, (args.layers or 0) + 2),
-            band=TRIMAP_BAND if args.band is None else args.band,
+            radius=GUIDED_RADIUS if args.radius is None else args.radius,
             seed=args.seed,
         )
         import numpy as np

@@ -23,7 +23,8 @@ cropped right/bottom strips taking the values of the last row / column:
     LOBPCG started from the 1/8-grid eigenvectors upsampled (``solver="lobpcg"``, default;
     a few dozen passes over the matrix) or from cold-start Lanczos (``"lanczos"``, several
     hundred passes). They give soft layers by *spectral matting* (below); the alpha matte
-    is the layer grown from the foreground side of the Fiedler vector (:func:`foreground_side`).
+    is the layer grown from the object side (:func:`foreground_side`) of the Fiedler
+    vector's sign.
     **Scaling**: 1/256 of ``N²`` grows quadratically (a 500 × 375 photo: 1.4e8 entries; a
     megapixel: 4e9). Above ``FULL_MAX_PARTNERS · 256 ≈ 197k`` pixels the expected number of
     random feature partners per pixel is fixed at ``FULL_MAX_PARTNERS`` = 768 instead
@@ -31,17 +32,18 @@ cropped right/bottom strips taking the values of the last row / column:
     ``max_pixels`` additionally downscales the crop before the decomposition. The paper
     itself notes that its full-resolution eigenproblem takes "around 1 min on 100 CPUs".
 
-``"fast"`` — eigenvectors on the 1/8 grid, then a matting solve (the default)
-    :func:`deepspectral.decompose` on the working grid (as for segmentation), the coarse
-    mask ``y₁ > 0`` upsampled to the input image, a trimap from it (eroded mask = known
-    foreground, outside the dilated mask = known background, a band of ``band`` pixels on
-    either side of the boundary unknown), then a KNN-matting solve (Chen et al. 2012, the
-    colour affinity of the paper's Eq. 1 at full resolution) for the unknown pixels only:
-    ``L_UU α_U = -L_UK α_K`` by conjugate gradients with a Jacobi preconditioner. The
-    neighbour graph is built on the unknown band and the known pixels within ``band`` of
-    it (not on the whole image), which keeps a megapixel photo within seconds. With ``n_layers`` the layers are computed on the grid by spectral
-    matting, and each is refined the same way from its own trimap, then renormalised to
-    sum to 1.
+``"fast"`` — eigenvectors on the 1/8 grid, then guided feathering (the default)
+    :func:`deepspectral.decompose` on the working grid (as for segmentation); the Fiedler
+    vector is split where the normalised cut is smallest (Shi & Malik's splitting point,
+    :func:`deepspectral.spectral.ncut_sweep`, not at 0: for a small object the zero
+    threshold takes in its colour neighbours as well), the object side of the split
+    (:func:`foreground_side`) is upsampled to the input image and refined by a colour
+    guided filter (:func:`guided_filter`, radius one grid cell): the edges move onto the
+    colour edges and stay soft where colours mix. With ``n_layers`` the layers are
+    computed on the grid by spectral matting, upsampled bilinearly, refined the same way
+    and renormalised to sum to 1. ``benchmarks/bench_matting.py`` compares this with a
+    KNN-matting / closed-form trimap solve (worse on oracle features) and with the full
+    mode.
 
 **Spectral matting layers** (after Levin, Rav-Acha & Lischinski 2008, simplified): the
 ``K`` eigenvectors span a smooth, edge-aware subspace that contains the constant vector.
@@ -71,7 +73,7 @@ from .. import defaults
 from ..affinity import bilinear_taps, knn_affinity, linear_taps, resize_bilinear
 from ..data.images import as_rgb_array, resize_image
 from ..features import PatchFeatures
-from ..spectral import Decomposition, decompose, orient_eigenvectors
+from ..spectral import Decomposition, decompose, grid_affinity, ncut_sweep, orient_eigenvectors
 
 __all__ = [
     "MATTING_MODES",
@@ -81,22 +83,22 @@ __all__ = [
     "FULL_SOLVERS",
     "FULL_LOBPCG_TOL",
     "full_sample_rate",
-    "TRIMAP_BAND",
+    "GUIDED_RADIUS",
+    "GUIDED_EPS",
     "Matte",
     "matte",
     "SparseAffinity",
     "full_resolution_affinity",
     "sparse_laplacian_eigenvectors",
     "matting_layers",
-    "trimap_from_mask",
+    "guided_filter",
     "foreground_side",
-    "knn_matting_alpha",
     "estimate_foreground",
     "cutout_rgba",
     "composite",
 ]
 
-#: Matting modes: ``"fast"`` (grid eigenvectors + trimap + KNN-matting solve) and
+#: Matting modes: ``"fast"`` (grid eigenvectors + guided feathering) and
 #: ``"full"`` (the paper's full-resolution sparse decomposition).
 MATTING_MODES = ("fast", "full")
 #: Default mode (see the module docstring and ``benchmarks/bench_matting.py``).
@@ -117,9 +119,12 @@ FULL_LOBPCG_TOL = 3e-3
 #: Extra vectors in the LOBPCG block beyond the K - 1 wanted (see
 #: :func:`sparse_laplacian_eigenvectors`).
 LOBPCG_GUARD = 3
-#: Half-width (pixels of the input image) of the unknown band of the ``"fast"`` trimap:
-#: two cells of the 1/8 working grid.
-TRIMAP_BAND = 2 * defaults.GRID_STRIDE
+#: Radius (pixels of the input image) of the ``"fast"`` mode's guided filter: one cell of
+#: the 1/8 working grid, as far as the coarse mask's edge can be off.
+GUIDED_RADIUS = defaults.GRID_STRIDE
+#: Ridge term of the guided filter (colours in [0, 1]); 1e-4…1e-2 gave the same oracle IoU
+#: within 0.005 (``bench_matting.py``), smaller keeps edges sharper.
+GUIDED_EPS = 1e-3
 #: Iterations of the alternating projections of :func:`matting_layers`.
 LAYER_ITERATIONS = 30
 
@@ -408,7 +413,7 @@ def sparse_laplacian_eigenvectors(
 
 
 # ---------------------------------------------------------------------------------------
-# Layers, trimaps, matting solve, compositing
+# Layers, object side, guided filter, compositing
 # ---------------------------------------------------------------------------------------
 
 
@@ -485,204 +490,95 @@ def matting_layers(
     return layers.reshape(n_layers, *spatial).astype(np.float32)
 
 
-def foreground_side(vector: np.ndarray) -> np.ndarray:
-    """The side of a Fiedler vector that is the object to cut out.
+def foreground_side(split: np.ndarray) -> np.ndarray:
+    """The side of a two-way split (e.g. of the Fiedler vector) that is the object to cut out.
 
     The localization's rule (the positive, minority side) would make any object that
     fills more than half of the photo its background. For matting the side that lies
-    less on the image border is the object: of the two sides (``> 0`` and ``<= 0``) the
-    one whose share of border cells, relative to its area, is smaller (a border prior;
-    ties keep the positive side).
+    less on the image border is the object: of ``split`` and ``~split`` the one whose
+    share of border cells, relative to its area, is smaller (a border prior; ties keep
+    ``split``).
 
     Parameters
     ----------
-    vector : (h, w) float
+    split : (h, w) bool
 
     Returns
     -------
     (h, w) bool
     """
-    positive = np.asarray(vector) > 0
-    if positive.all() or not positive.any() or min(positive.shape) < 3:
-        return positive
-    edge = np.zeros(positive.shape, bool)
+    side = np.asarray(split, dtype=bool)
+    if side.all() or not side.any() or min(side.shape) < 3:
+        return side
+    edge = np.zeros(side.shape, bool)
     edge[0], edge[-1], edge[:, 0], edge[:, -1] = True, True, True, True
 
-    def border_density(side: np.ndarray) -> float:
-        return float((side & edge).sum()) / float(side.sum())
+    def border_density(part: np.ndarray) -> float:
+        return float((part & edge).sum()) / float(part.sum())
 
-    return ~positive if border_density(positive) > border_density(~positive) else positive
+    return ~side if border_density(side) > border_density(~side) else side
 
 
-def trimap_from_mask(mask: np.ndarray, band: float = TRIMAP_BAND) -> np.ndarray:
-    """Trimap around the boundary of a binary mask.
+def _box_mean(array: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of ``array`` (H, W, ...) over the ``(2 r + 1)²`` window around each pixel,
+    clipped to the image (each mean over the pixels that are inside), float64."""
+    out = np.asarray(array, dtype=np.float64)
+    for axis in (0, 1):
+        n = out.shape[axis]
+        sums = np.cumsum(out, axis=axis)
+        sums = np.concatenate([np.zeros_like(np.take(sums, [0], axis=axis)), sums], axis=axis)
+        high = np.minimum(np.arange(n) + radius + 1, n)
+        low = np.maximum(np.arange(n) - radius, 0)
+        counts = (high - low).astype(np.float64).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
+        out = (np.take(sums, high, axis=axis) - np.take(sums, low, axis=axis)) / counts
+    return out
+
+
+def guided_filter(
+    guide: np.ndarray, source: np.ndarray, *, radius: int = GUIDED_RADIUS, eps: float = GUIDED_EPS
+) -> np.ndarray:
+    """Colour guided filter (He, Sun & Tang, "Guided image filtering", ECCV 2010 / TPAMI 2013).
+
+    In every ``(2 r + 1)²`` window the output is an affine function of the guide's colour,
+    ``q = aᵀ I + b``, fitted to ``source`` by ridge regression (``eps``); the
+    coefficients of the windows covering a pixel are averaged. Filtering a coarse mask
+    with the image as the guide ("guided feathering") moves its edges onto the colour
+    edges and leaves them soft where the colours mix — the local linear colour model of
+    closed-form matting, solved window by window instead of as one global system.
 
     Parameters
     ----------
-    mask : (H, W) bool
-    band : float, default 16
-        Pixels within ``band`` (Euclidean distance) of the boundary, on either side, are
-        unknown.
+    guide : (H, W, 3) float
+        Colours in [0, 1].
+    source : (H, W) float
+        The map to filter (e.g. a coarse 0/1 mask).
+    radius : int >= 0, default 8
+    eps : float > 0, default 1e-3
 
     Returns
     -------
-    (H, W) float32: 1 known foreground (eroded mask), 0 known background (outside the
-    dilated mask), 0.5 unknown.
+    (H, W) float32 (not clipped)
     """
-    from scipy import ndimage
-
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask: expected shape (H, W), got {mask.shape}")
-    if not np.isfinite(band) or band < 0:
-        raise ValueError(f"band: expected a finite value >= 0, got {band!r}")
-    trimap = np.full(mask.shape, 0.5, np.float32)
-    if mask.all() or not mask.any():
-        trimap[:] = float(mask.any())
-        return trimap
-    inside = ndimage.distance_transform_edt(mask)
-    outside = ndimage.distance_transform_edt(~mask)
-    trimap[inside > band] = 1.0
-    trimap[outside > band] = 0.0
-    return trimap
-
-
-def _solve_unknown(
-    laplacian: scipy.sparse.csr_matrix, known: np.ndarray, values: np.ndarray, *, fallback: np.ndarray
-) -> np.ndarray:
-    """``α_K = values[K]``; ``L_UU α_U = -L_UK α_K`` (plus a tiny pull towards ``fallback``
-    so that unknown regions cut off from every known pixel stay defined)."""
-    unknown = ~known
-    alpha = values.astype(np.float64).copy()
-    if not unknown.any() or not known.any():
-        return np.where(known, values, fallback).astype(np.float32)
-    l_uu = laplacian[unknown][:, unknown]
-    l_uk = laplacian[unknown][:, known]
-    regulariser = 1e-6
-    system = (l_uu + regulariser * scipy.sparse.identity(l_uu.shape[0], format="csr")).tocsr()
-    rhs = -(l_uk @ values[known].astype(np.float64)) + regulariser * fallback[unknown]
-    diagonal = system.diagonal()
-    preconditioner = scipy.sparse.diags(1.0 / np.maximum(diagonal, 1e-12))
-    start = fallback[unknown].astype(np.float64)
-    solution, _ = scipy.sparse.linalg.cg(system, rhs, x0=start, M=preconditioner, rtol=1e-5, maxiter=2000)
-    alpha[unknown] = solution
-    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
-
-
-def _knn_laplacian(image: np.ndarray, knn_kernel: str, region: np.ndarray | None = None) -> scipy.sparse.csr_matrix:
-    """Laplacian ``D - W_knn`` of the KNN colour affinity of ``image`` (H, W, 3) in [0, 1],
-    over all pixels, or only over the pixels of ``region`` (H, W) bool, numbered in
-    row-major order among themselves. The points are those of
-    :func:`deepspectral.affinity.knn_affinity` (coordinates normalised by the whole image),
-    so with a full region the two agree."""
-    if region is None or region.all():
-        affinity = knn_affinity(np.asarray(image, dtype=np.float32), kernel=knn_kernel).astype(np.float64)
-    else:
-        from scipy.spatial import cKDTree
-
-        height, width = region.shape
-        ys, xs = np.nonzero(region)
-        n = ys.size
-        x = (xs / max(width - 1, 1)).astype(np.float32)
-        y = (ys / max(height - 1, 1)).astype(np.float32)
-        colours = np.asarray(image, dtype=np.float32)[ys, xs]
-        rows, cols, vals = [], [], []
-        for k, spatial in defaults.KNN_SETTINGS:
-            points = np.column_stack([colours, spatial * x, spatial * y])
-            k = min(k, n)
-            distances, neighbours = cKDTree(points).query(points, k=k, workers=-1)
-            distances = np.asarray(distances).reshape(n, k)
-            neighbours = np.asarray(neighbours).reshape(n, k)
-            if knn_kernel == "binary":
-                weights = np.ones(n * k)
-            else:
-                weights = np.maximum(1.0 - distances.ravel(), 0.0)
-            i = np.repeat(np.arange(n), k)
-            rows += [i, neighbours.ravel()]
-            cols += [neighbours.ravel(), i]
-            vals += [weights, weights]
-        affinity = scipy.sparse.coo_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-        ).tocsr()
-    degree = np.asarray(affinity.sum(axis=1)).ravel()
-    return (scipy.sparse.diags(degree) - affinity).tocsr()
-
-
-def _band_region(unknown: np.ndarray, margin: float | None) -> np.ndarray | None:
-    """Unknown pixels plus the known ones within ``margin`` of them (None: every pixel)."""
-    if margin is None:
-        return None
-    from scipy import ndimage
-
-    if not unknown.any():
-        return unknown.copy()
-    return ndimage.distance_transform_edt(~unknown) <= margin
-
-
-def _trimap_alpha(
-    colours: np.ndarray, trimap: np.ndarray, knn_kernel: str, margin: float | None, fallback: np.ndarray
-) -> np.ndarray:
-    """KNN-matting alpha (H, W) from a trimap (1 / 0 known, else unknown), the graph built
-    on the unknown pixels and the known ones within ``margin`` of them."""
-    known = (trimap == 0.0) | (trimap == 1.0)
-    alpha = np.where(known, trimap, fallback).astype(np.float32)
-    if known.all() or not known.any():
-        return alpha
-    region = _band_region(~known, margin)
-    if region is None:
-        region = np.ones(trimap.shape, bool)
-    laplacian = _knn_laplacian(colours, knn_kernel, region)
-    inside = _solve_unknown(
-        laplacian,
-        known[region],
-        trimap[region].astype(np.float64),
-        fallback=np.where(known, trimap, fallback)[region].astype(np.float64),
-    )
-    alpha[region] = inside
-    return alpha
-
-
-def knn_matting_alpha(
-    image: np.ndarray,
-    trimap: np.ndarray,
-    *,
-    knn_kernel: str = defaults.KNN_KERNEL,
-    margin: float | None = None,
-) -> np.ndarray:
-    """KNN matting (Chen, Li & Tang 2012) of one image from a trimap.
-
-    The alpha of known pixels is kept; the unknown ones minimise ``αᵀ L α`` with ``L`` the
-    Laplacian of the KNN colour affinity (:func:`deepspectral.affinity.knn_affinity`, the
-    paper's Eq. 1 with the library's kernel and settings), i.e. ``L_UU α_U = -L_UK α_K``,
-    solved by Jacobi-preconditioned conjugate gradients.
-
-    Parameters
-    ----------
-    image : (H, W, 3) uint8 or float in [0, 1]
-    trimap : (H, W) float
-        1 known foreground, 0 known background, anything else unknown (0.5 by convention).
-    knn_kernel : {"binary", "soft"}
-    margin : float, optional
-        Build the neighbour graph only on the unknown pixels and the known pixels within
-        ``margin`` pixels of them (far faster for a thin unknown band; neighbours outside
-        that region are ignored). Default: every pixel (exact KNN matting).
-
-    Returns
-    -------
-    (H, W) float32 alpha in [0, 1]
-    """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected shape (H, W, 3), got {image.shape}")
-    trimap = np.asarray(trimap, dtype=np.float32)
-    if trimap.shape != image.shape[:2]:
-        raise ValueError(f"trimap: expected shape {image.shape[:2]}, got {trimap.shape}")
-    if knn_kernel not in defaults.KNN_KERNELS:
-        raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
-    if margin is not None and not (np.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin: expected None or a finite value >= 0, got {margin!r}")
-    colours = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    return _trimap_alpha(colours, trimap, knn_kernel, margin, np.full(trimap.shape, 0.5, np.float32))
+    guide = np.asarray(guide, dtype=np.float64)
+    source = np.asarray(source, dtype=np.float64)
+    if guide.ndim != 3 or guide.shape[2] != 3:
+        raise ValueError(f"guide: expected shape (H, W, 3), got {guide.shape}")
+    if source.shape != guide.shape[:2]:
+        raise ValueError(f"source: expected shape {guide.shape[:2]}, got {source.shape}")
+    if not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise ValueError(f"radius: expected an integer >= 0, got {radius!r}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: expected a finite value > 0, got {eps!r}")
+    height, width = source.shape
+    mean_i = _box_mean(guide, radius)
+    mean_p = _box_mean(source, radius)
+    cov_ip = _box_mean(guide * source[..., None], radius) - mean_i * mean_p[..., None]
+    outer = (guide[..., :, None] * guide[..., None, :]).reshape(height, width, 9)
+    var_i = _box_mean(outer, radius).reshape(height, width, 3, 3) - mean_i[..., :, None] * mean_i[..., None, :]
+    var_i += eps * np.eye(3)
+    a = np.linalg.solve(var_i, cov_ip[..., None])[..., 0]
+    b = mean_p - np.einsum("hwc,hwc->hw", a, mean_i)
+    return (np.einsum("hwc,hwc->hw", _box_mean(a, radius), guide) + _box_mean(b, radius)).astype(np.float32)
 
 
 #: Box-filter radii (pixels) of the two passes of :func:`estimate_foreground`.
@@ -902,7 +798,7 @@ def matte(
     sample_rate: float = FEATURE_SAMPLE_RATE,
     max_pixels: int | None = None,
     solver: str = "lobpcg",
-    band: float = TRIMAP_BAND,
+    radius: int = GUIDED_RADIUS,
     seed: int = 0,
     decomposition: Decomposition | None = None,
 ) -> Matte:
@@ -938,8 +834,9 @@ def matte(
     solver : {"lobpcg", "lanczos"}, default "lobpcg"
         ``"full"`` mode eigensolver: LOBPCG started from the 1/8-grid eigenvectors, or
         cold-start Lanczos (slower; the reference for checks).
-    band : float, default 16
-        ``"fast"`` mode: half-width of the trimap's unknown band, pixels of the input image.
+    radius : int, default 8
+        ``"fast"`` mode: radius of the guided filter, pixels of the input image (0: the
+        coarse mask, blocky).
     seed : int, default 0
         Seeds the sampled pairs, the eigensolver start and k-means.
     decomposition : Decomposition, optional
@@ -961,8 +858,8 @@ def matte(
         raise ValueError(f"n_eigenvectors: expected an integer >= 2, got {n_eigenvectors!r}")
     if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
         raise ValueError(f"max_pixels: expected None or an integer >= 1, got {max_pixels!r}")
-    if not np.isfinite(band) or band < 0:
-        raise ValueError(f"band: expected a finite value >= 0, got {band!r}")
+    if not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise ValueError(f"radius: expected an integer >= 0, got {radius!r}")
     rgb = as_rgb_array(image)
     if features is None:
         if backbone is None:
@@ -1013,8 +910,10 @@ def matte(
             affinity, int(n_eigenvectors), initial=initial, seed=seed, tol=FULL_LOBPCG_TOL if initial is not None else None
         )
         vectors = orient_eigenvectors(vectors.reshape(-1, *work))
-        fiedler = foreground_side(vectors[1]) if len(vectors) > 1 else np.ones(work, bool)
-        pair = matting_layers(vectors, 2, labels=fiedler.astype(np.int64), seed=seed)
+        # the sign, not the sweep cut of the fast mode: at full resolution the layer grown
+        # from it below is what decides the edge, and the sweep measured no better there
+        side = foreground_side(vectors[1] > 0) if len(vectors) > 1 else np.ones(work, bool)
+        pair = matting_layers(vectors, 2, labels=side.astype(np.int64), seed=seed)
         maps = [pair[1:2]]
         if n_layers is not None:
             maps.append(matting_layers(vectors, int(n_layers), seed=seed))
@@ -1028,20 +927,20 @@ def matte(
 
     colours = crop.astype(np.float32) / 255.0
     vectors = decomposition.eigenvectors
-    fiedler = foreground_side(vectors[1]) if len(vectors) > 1 else np.ones(decomposition.grid_size, bool)
-    masks = [upsample_grid_mask(fiedler, crop_size)]
+    if len(vectors) > 1:
+        grid = grid_affinity(features, rgb, knn_lambda=knn_lambda, knn_kernel=knn_kernel)
+        side = foreground_side(ncut_sweep(vectors[1], grid))
+    else:
+        side = np.ones(decomposition.grid_size, bool)
+    coarse = [upsample_grid_mask(side, crop_size).astype(np.float32)]
     if n_layers is not None:
         grid_layers = matting_layers(vectors, int(n_layers), seed=seed)
-        up = np.moveaxis(resize_bilinear(np.moveaxis(grid_layers, 0, -1), crop_size), -1, 0)
-        masks += list(up.argmax(axis=0)[None] == np.arange(int(n_layers))[:, None, None])
-    alphas = [
-        _trimap_alpha(colours, trimap_from_mask(mask, band), knn_kernel, band, mask.astype(np.float32))
-        for mask in masks
-    ]
+        coarse += list(np.moveaxis(resize_bilinear(np.moveaxis(grid_layers, 0, -1), crop_size), -1, 0))
+    alphas = [np.clip(guided_filter(colours, m, radius=int(radius)), 0.0, 1.0) if radius > 0 else m for m in coarse]
     maps = np.stack(alphas).reshape(-1, *crop_size)
     out = _to_original(maps, crop_size, input_size, image_size)
     layers = _renormalise(out[1:]) if n_layers is not None else None
-    settings.update(band=float(band))
+    settings.update(radius=int(radius))
     return Matte(
         alpha=out[0], layers=layers, mode=mode, work_size=crop_size, eigenvalues=decomposition.eigenvalues, settings=settings
     )
