@@ -5,8 +5,9 @@
     python benchmarks/bench_matting.py                      # SOD + DAVIS photos from ../shared/data
     python benchmarks/bench_matting.py --n-sod 3 --n-davis 2 --json out.json
 
-For each *feature source* — ``oracle`` (patch features made from the ground-truth mask,
-which bypasses the backbone) and ``random`` (a random-initialised ViT-S/16 loaded through
+For each *feature source* — ``oracle16`` / ``oracle8`` (patch features made from the
+ground-truth mask with 16- / 8-pixel patches: what a perfect ViT-*/16 or ViT-*/8 would
+give; this bypasses the backbone) and ``random`` (a random-initialised ViT-S/16 loaded through
 the offline weights path: the features are meaningless, the cost is real) — and each
 *mode* (``fast``, ``full``) a separate worker process mattes the photos, so that its peak
 RSS (``resource.getrusage``) is its own. Reported per (source, mode): median seconds per
@@ -15,7 +16,9 @@ ground truth; per source: agreement of the modes, mean ``|alpha_fast - alpha_ful
 IoU of the two ``alpha > 0.5`` masks. Two size targets are timed as well (``random``
 features, end to end): the full mode on a 500 x 375 photo, the fast mode on a 1-megapixel
 photo. Full-mode runs use SOD photos only (481 x 321); DAVIS frames (854 x 480) are
-matted in fast mode only, unless ``--full-davis``.
+matted in fast mode only, unless ``--full-davis``. ``--modes fast`` skips the full mode
+(e.g. for the oracle IoU over many photos: ``--n-sod 40 --n-davis 20 --modes fast
+--sources oracle16,oracle8 --no-targets``).
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ def _worker(args) -> None:
     for name, image, mask in photos:
         start = time.perf_counter()
         if backbone is None:
-            result = matte(image, features=oracle_features(mask), mode=args.mode)
+            patch = int(args.source[len("oracle"):] or 16)
+            result = matte(image, features=oracle_features(mask, patch_size=patch), mode=args.mode)
         else:
             result = matte(image, backbone=backbone, mode=args.mode)
         seconds = time.perf_counter() - start
@@ -139,7 +143,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n-sod", type=int, default=3)
     parser.add_argument("--n-davis", type=int, default=2)
     parser.add_argument("--full-davis", action="store_true", help="also run the full mode on the DAVIS frames")
-    parser.add_argument("--sources", default="oracle,random")
+    parser.add_argument("--sources", default="oracle16,oracle8,random")
+    parser.add_argument("--modes", default="fast,full")
     parser.add_argument("--no-targets", action="store_true")
     parser.add_argument("--max-size", type=int, default=800, help="max_size of the 1-MP fast target")
     parser.add_argument("--json", type=Path, default=None)
@@ -164,7 +169,7 @@ def main(argv=None) -> None:
         rows, agreement = [], []
         for source in args.sources.split(","):
             results = {}
-            for mode in ("fast", "full"):
+            for mode in args.modes.split(","):
                 alphas_path = tmp / f"{source}_{mode}.npz"
                 results[mode] = _spawn(["--worker", source, mode, "--alphas", str(alphas_path)], args)
                 results[mode]["alphas"] = dict(np.load(alphas_path))
@@ -175,9 +180,13 @@ def main(argv=None) -> None:
                     "max_s": float(np.max([r["seconds"] for r in recs])),
                     "peak_rss_mb": results[mode]["peak_rss_mb"],
                     "mean_iou_gt": float(np.mean([r["iou_gt"] for r in recs])),
+                    **{f"mean_iou_{part}": float(np.mean([r["iou_gt"] for r in recs if r["image"].startswith(part)] or [np.nan]))
+                       for part in ("sod", "davis")},
                     "per_image": recs,
                 })
                 print(json.dumps(rows[-1]), file=sys.stderr)
+            if len(results) < 2:
+                continue
             common = sorted(set(results["fast"]["alphas"]) & set(results["full"]["alphas"]))
             diffs = [float(np.abs(results["fast"]["alphas"][k] - results["full"]["alphas"][k]).mean()) for k in common]
             ious = [iou(results["fast"]["alphas"][k] > 0.5, results["full"]["alphas"][k] > 0.5) for k in common]
@@ -185,11 +194,11 @@ def main(argv=None) -> None:
                               "iou_fast_full": float(np.mean(ious)), "per_image": dict(zip(common, zip(diffs, ious)))})
         targets = [] if args.no_targets else [_spawn(["--target", mode], args) for mode in ("full", "fast")]
 
-    print("| features | mode | images | median s / photo | max s | peak RSS (MB) | mean IoU(alpha>0.5, GT) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| features | mode | images | median s / photo | max s | peak RSS (MB) | mean IoU(alpha>0.5, GT) | SOD | DAVIS |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['source']} | {r['mode']} | {r['images']} | {r['median_s']:.1f} | {r['max_s']:.1f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['mean_iou_gt']:.3f} |")
+              f"{r['peak_rss_mb']:.0f} | {r['mean_iou_gt']:.3f} | {r['mean_iou_sod']:.3f} | {r['mean_iou_davis']:.3f} |")
     print()
     print("| features | photos | mean abs(alpha_fast - alpha_full) | IoU(fast > 0.5, full > 0.5) |")
     print("|---|---|---|---|")

@@ -349,11 +349,13 @@ def test_real_photo_fast_mode_oracle():
 
 @pytest.mark.slow
 def test_real_photos_oracle_iou():
-    # measured (fast mode, oracle features, full resolution): SOD 0.85-0.94, DAVIS
-    # 0.78-0.92; the coarse Fiedler mask (16-px oracle patches, λ_knn = 10) is the limit
-    ious = [iou(matte(image, features=oracle_features(mask)).alpha > 0.5, mask) for image, mask in _real_pairs(3, 2)]
-    assert np.mean(ious[:3]) >= 0.85, ious
-    assert np.mean(ious) >= 0.8, ious
+    # measured (fast mode, 3 SOD + 2 DAVIS photos): 8-px oracle patches 0.956-0.965 (the
+    # issue's target is a mean >= 0.9), 16-px patches 0.856-0.934 (the 16-px oracle mask
+    # itself is coarser: over 60 photos its IoU with the ground truth is 0.83)
+    pairs = _real_pairs(3, 2)
+    for patch, floor in ((8, 0.93), (16, 0.85)):
+        ious = [iou(matte(image, features=oracle_features(mask, patch_size=patch)).alpha > 0.5, mask) for image, mask in pairs]
+        assert np.mean(ious) >= floor, (patch, ious)
 
 
 # ---------------------------------------------------------------------------------------
