@@ -53,7 +53,7 @@ def _photos(data: Path, n_sod: int, n_davis: int):
     for annotation in annotations[::step][:n_davis]:
         frame = data / "davis2016-val" / "JPEGImages" / annotation.parent.name / (annotation.stem + ".jpg")
         photos.append(
-            ("davis/" + annotation.parent.name, load_image(frame), np.asarray(Image.open(annotation).convert("L")) > 127)
+            ("davis/" + annotation.parent.name + "/" + annotation.stem, load_image(frame), np.asarray(Image.open(annotation).convert("L")) > 127)
         )
     return photos
 
