@@ -43,10 +43,10 @@ cropped right/bottom strips taking the values of the last row / column:
     image and refined by a colour guided filter (:func:`guided_filter`, radius one grid
     cell): the edges move onto the colour edges and stay soft where colours mix. With
     ``n_layers`` the layers are computed on the grid by spectral matting, upsampled
-    bilinearly, refined the same way and renormalised to sum to 1. (A trimap from the
-    coarse mask with a KNN-matting solve, the previous version, and PyMatting's
-    closed-form matting on the same trimaps both scored lower against the ground truth
-    with oracle features: see the README.)
+    bilinearly, refined the same way and renormalised to sum to 1. (On 60 photos with
+    8-px oracle features and the same coarse masks: guided filter 0.905 mean IoU, a
+    trimap (8-px band) with a KNN-matting solve 0.865, PyMatting's
+    closed-form matting on trimaps with a 4-px / 8-px band 0.903 / 0.880.)
 
 **Spectral matting layers** (after Levin, Rav-Acha & Lischinski 2008, simplified): the
 ``K`` eigenvectors span a smooth, edge-aware subspace that contains the constant vector.
