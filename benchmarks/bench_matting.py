@@ -148,7 +148,9 @@ def main(argv=None) -> None:
     parser.add_argument("--no-targets", action="store_true")
     parser.add_argument("--max-size", type=int, default=800, help="max_size of the 1-MP fast target")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="ViT-S/16 weights of the 'random' rows (default: random-initialised); "
+                        "with DINO's weights those rows measure real features")
     parser.add_argument("--worker", nargs=2, metavar=("SOURCE", "MODE"), default=None)
     parser.add_argument("--target", choices=("fast", "full"), default=None)
     parser.add_argument("--alphas", type=Path, default=None)
