@@ -282,22 +282,32 @@ def backbone_from_args(args: argparse.Namespace):
         raise UsageError(f"cannot load the backbone '{args.backbone}': {error}") from None
 
 
-def run_images(inputs: list, process, *, out_dir: Path, desc: str, quiet: bool) -> int:
-    """:func:`deepspectral.runner.run_batch` for a command: its exit status (0, 1 when an
-    image failed, 2 when the backbone or an optional dependency is unavailable, 130 on
-    Ctrl-C), with the message printed."""
+def batch_status(run, *, also: tuple = (), interrupted: str = "interrupted", report=None) -> int:
+    """Exit status of a batch: ``run()`` returns an object with a ``failed`` count; 0, 1 when
+    an image failed, 2 when the backbone or an optional dependency (or one of the
+    exception types ``also``) is unavailable — raised on first use, it stops the batch —,
+    130 on Ctrl-C, the message printed by ``report`` (default: the ``deepspectral:
+    error:`` prefix)."""
     from .backbones import WeightsUnavailableError
-    from .runner import run_batch
 
+    report = report or _error
     try:
-        summary = run_batch(inputs, process, out_dir=out_dir, desc=desc, verbose=not quiet)
-    except (WeightsUnavailableError, ImportError) as error:  # raised on first use: stops the batch
-        _error(str(error))
+        summary = run()
+    except (WeightsUnavailableError, ImportError, *also) as error:
+        report(str(error))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        _error("interrupted")
+        report(interrupted)
         return 130
     return EXIT_FAILED_IMAGES if summary.failed else 0
+
+
+def run_images(inputs: list, process, *, out_dir: Path, desc: str, quiet: bool) -> int:
+    """:func:`deepspectral.runner.run_batch` for a command: its exit status, see
+    :func:`batch_status`."""
+    from .runner import run_batch
+
+    return batch_status(lambda: run_batch(inputs, process, out_dir=out_dir, desc=desc, verbose=not quiet))
 
 
 def inputs_from_args(args: argparse.Namespace) -> list:
@@ -452,20 +462,10 @@ def main(argv=None) -> int:
             _error(problem)
             return EXIT_USAGE
 
-    from .backbones import WeightsUnavailableError
-
     try:
         inputs = args.inputs_found = inputs_from_args(args)
         pipeline = _make_pipeline(args)
     except UsageError as error:
         _error(str(error))
         return EXIT_USAGE
-    try:
-        summary = args.handler(args, pipeline, inputs)
-    except (WeightsUnavailableError, ImportError) as error:  # raised on first use: stops the batch
-        _error(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    return EXIT_FAILED_IMAGES if summary.failed else 0
+    return batch_status(lambda: args.handler(args, pipeline, inputs))

@@ -124,8 +124,7 @@ def register(commands, common, formatter) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from ..backbones import WeightsUnavailableError
-    from ..cli import backbone_from_args, check_weights_and_out
+    from ..cli import backbone_from_args, batch_status, check_weights_and_out
     from ..data.images import collect_inputs
     from ..tasks import semantic
 
@@ -144,15 +143,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         _error(str(error))
         return EXIT_USAGE
     source = backbone_from_args(args)  # UsageError: reported by cli.main
-    try:
-        result = semantic.fit(inputs, args.out, source=source, settings=settings, verbose=not args.quiet, figure=args.figure)
-    except (WeightsUnavailableError, ImportError, ValueError) as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        _error("interrupted (rerun the same command to resume)")
-        return 130
-    return EXIT_FAILED_IMAGES if result.failed else 0
+    return batch_status(
+        lambda: semantic.fit(inputs, args.out, source=source, settings=settings, verbose=not args.quiet, figure=args.figure),
+        also=(ValueError,),
+        interrupted="interrupted (rerun the same command to resume)",
+        report=_error,
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
