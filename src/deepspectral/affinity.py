@@ -235,7 +235,7 @@ def image_knn(image: np.ndarray, k: int, spatial_weight: float) -> tuple[np.ndar
     squared = np.empty((h * w, k), np.float64)
     indices = np.empty((h * w, k), np.int64)
     colours = np.ascontiguousarray(image, dtype=np.float32)
-    _kernels.grid_knn(colours, xs.astype(np.float32), ys.astype(np.float32), float(min_step), k, squared, indices)
+    _kernels.grid_knn(colours, xs, ys, float(min_step), k, squared, indices)
     return np.sqrt(squared).astype(np.float32), indices
 
 
