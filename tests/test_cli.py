@@ -17,6 +17,7 @@ from PIL import Image
 from deepspectral import defaults
 from deepspectral.cli import build_parser, main
 from deepspectral.spectral import Decomposition
+from deepspectral.store import load_decomposition
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_eigs(photos, weights_file, tmp_path, capsys):
     out = tmp_path / "out"
     assert _run("eigs", [photos], out, weights_file) == 0
     for name, (height, width) in SIZES.items():
-        decomposition = Decomposition.load_npz(out / f"{name}.npz")
+        decomposition = load_decomposition(out / f"{name}.npz")
         assert decomposition.image_size == (height, width)
         assert decomposition.eigenvectors.shape[0] == defaults.N_EIGENVECTORS
         assert decomposition.settings["knn_lambda"] == defaults.KNN_LAMBDA
@@ -88,7 +89,7 @@ def test_eigs_options(photos, weights_file, tmp_path):
         "--n-eigenvectors", "3", "--knn-lambda", "0", "--block", "-2", "--feature", "tokens", "--max-size", "32", "-q",
     )
     assert code == 0
-    decomposition = Decomposition.load_npz(out / "two.npz")
+    decomposition = load_decomposition(out / "two.npz")
     assert decomposition.eigenvectors.shape[0] == 3
     assert decomposition.settings["knn_lambda"] == 0.0
     assert decomposition.settings["feature"] == "tokens"
@@ -265,11 +266,11 @@ def test_python_dash_m(tmp_path):
     assert __version__ in result.stdout
 
 
-# --------------------------------------------------------------------------- runner, viz
+# --------------------------------------------------------------------------- files, engine, viz
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    from deepspectral.runner import atomic_write, atomic_write_bytes
+    from deepspectral.files import atomic_write, atomic_write_bytes
 
     target = tmp_path / "sub" / "f.bin"
     atomic_write_bytes(target, b"old")
@@ -285,7 +286,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 
 def test_save_png_atomic_masks(tmp_path):
-    from deepspectral.runner import save_png_atomic
+    from deepspectral.files import save_png_atomic
 
     mask = np.zeros((5, 7), dtype=bool)
     mask[1:3, 2:5] = True
@@ -298,7 +299,7 @@ def test_save_png_atomic_masks(tmp_path):
 def test_run_batch_errors(tmp_path, capsys):
     from deepspectral.backbones import WeightsUnavailableError
     from deepspectral.data.images import InputImage
-    from deepspectral.runner import run_batch
+    from deepspectral.engine import run_batch
     from pathlib import PurePosixPath
 
     items = [InputImage(Path(f"/x/{i}.png"), PurePosixPath(str(i))) for i in range(4)]

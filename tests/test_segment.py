@@ -11,7 +11,7 @@ from deepspectral import defaults
 from deepspectral.crf import CRF_PROBABILITY_CLIP, dense_crf, unary_from_probabilities
 from deepspectral.spectral import decompose
 from deepspectral.tasks.localize import localize
-from deepspectral.tasks.segment import segment_object, segment_object_probability, upsample_grid_mask
+from deepspectral.tasks.segment import segment_object, segment_object_probability
 
 from oracle import iou, oracle_features, shared_data_dir
 
@@ -129,21 +129,21 @@ def test_dense_crf_without_pydensecrf_names_the_extra(monkeypatch):
 # ------------------------------------------------------------------------ helpers
 
 
-def test_upsample_grid_mask_nearest_then_edge_replication():
+def test_grid_mask_to_input_nearest_then_edge_replication():
+    from deepspectral.geometry import ImageGeometry
+
     grid = np.array([[0, 1], [2, 3]])
-    up = upsample_grid_mask(grid, (4, 6), (5, 8))
+    up = ImageGeometry((5, 7), (5, 7), 2).grid_to_input(grid)  # crop (4, 6)
     expected = np.array(
         [
-            [0, 0, 0, 1, 1, 1, 1, 1],
-            [0, 0, 0, 1, 1, 1, 1, 1],
-            [2, 2, 2, 3, 3, 3, 3, 3],
-            [2, 2, 2, 3, 3, 3, 3, 3],
-            [2, 2, 2, 3, 3, 3, 3, 3],
+            [0, 0, 0, 1, 1, 1, 1],
+            [0, 0, 0, 1, 1, 1, 1],
+            [2, 2, 2, 3, 3, 3, 3],
+            [2, 2, 2, 3, 3, 3, 3],
+            [2, 2, 2, 3, 3, 3, 3],
         ]
     )
     np.testing.assert_array_equal(up, expected)
-    with pytest.raises(ValueError, match="size"):
-        upsample_grid_mask(grid, (4, 6), (3, 8))
 
 
 def test_oracle_features_grid_follows_backbone_crop():

@@ -7,14 +7,16 @@ import pytest
 import scipy.linalg
 
 from deepspectral import PatchFeatures, decompose, localize
-from deepspectral.affinity import feature_affinity, interpolation_matrix, knn_affinity, resize_bilinear
+from deepspectral.affinity import feature_affinity, knn_affinity
+from deepspectral.geometry import interpolation_matrix, resize_bilinear
 from deepspectral.spectral import (
-    Decomposition,
     affinity_matrix,
+    grid_affinity,
     laplacian_eigenvectors,
     ncut_sweep,
     orient_eigenvectors,
 )
+from deepspectral.store import load_decomposition, save_decomposition
 
 
 def smooth_features(h: int, w: int, c: int, seed: int) -> np.ndarray:
@@ -277,8 +279,8 @@ def test_npz_round_trip(tmp_path):
     image, feats, _ = rectangle_case()
     dec = decompose(feats, image, knn_lambda=8.0)
     path = tmp_path / "x.npz"
-    dec.save_npz(path)
-    back = Decomposition.load_npz(path)
+    save_decomposition(path, dec)
+    back = load_decomposition(path)
     np.testing.assert_array_equal(back.eigenvectors, dec.eigenvectors)
     assert back.settings["knn_lambda"] == 8.0 and back.crop_size == dec.crop_size
     assert list(tmp_path.iterdir()) == [path]  # no temp file left
@@ -368,3 +370,16 @@ def test_decompose_from_several_threads_matches_sequential():
         threaded = list(pool.map(lambda job: decompose(*job), jobs * 3))
     for expected, got in zip(sequential * 3, threaded):
         np.testing.assert_array_equal(got.eigenvectors, expected.eigenvectors)
+
+
+def test_grid_affinity_results_do_not_alias():
+    # issue #11: grid_affinity used to return a per-thread buffer that the next call overwrote
+    rng = np.random.default_rng(3)
+    a_feats, b_feats = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    colours = rng.uniform(0, 1, (6, 8, 3)).astype(np.float32)
+    first = grid_affinity(a_feats, colours)
+    kept = first.copy()
+    second = grid_affinity(b_feats, colours)
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(np.triu(first), np.triu(affinity_matrix(a_feats, colours, upper_only=True)))

@@ -8,7 +8,8 @@ import numpy as np
 
 from deepspectral import PatchFeatures
 from deepspectral.spectral import Decomposition
-from deepspectral.store import Store, cache_key, file_digest, remove_stale_temp_files
+from deepspectral.files import file_digest, remove_stale_temp_files
+from deepspectral.store import Store, cache_key, load_decomposition, save_decomposition
 
 
 def make_features(seed=0):
@@ -25,13 +26,15 @@ def test_cache_key_changes_with_every_setting():
         assert key != cache_key("abc", {**base, name: value})
 
 
-def test_features_round_trip_is_float16_exact(tmp_path):
+def test_features_round_trip_is_exact(tmp_path):
+    # results must not depend on the cache: features come back bit for bit (issue #11;
+    # the cache used to round them to float16)
     store = Store(tmp_path)
     feats = make_features()
-    returned = store.save_features("k1", feats)
+    store.save_features("k1", feats)
     loaded = store.load_features("k1")
-    np.testing.assert_array_equal(returned.features, loaded.features)
-    np.testing.assert_allclose(loaded.features, feats.features, rtol=1e-3, atol=1e-3)
+    assert loaded.features.dtype == np.float32
+    np.testing.assert_array_equal(loaded.features, feats.features)
     assert loaded.image_size == (50, 70) and loaded.backbone == "dino_vits16"
     assert store.load_features("missing") is None
 
@@ -72,9 +75,16 @@ def test_file_digest(tmp_path):
 
 def test_npz_files_are_byte_reproducible(tmp_path):
     dec = Decomposition(np.arange(3.0), np.ones((3, 4, 5), np.float32), (40, 50), (40, 50), (32, 48), 16, {"a": 1})
-    dec.save_npz(tmp_path / "a.npz")
+    save_decomposition(tmp_path / "a.npz", dec)
     import time
 
     time.sleep(2.1)  # zip timestamps have 2 s resolution
-    dec.save_npz(tmp_path / "b.npz")
+    save_decomposition(tmp_path / "b.npz", dec)
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_npz_round_trip_keeps_every_field(tmp_path):
+    dec = Decomposition(np.arange(3.0), np.ones((3, 4, 5), np.float32), (40, 50), (39, 49), (32, 48), 16, {"a": 1})
+    back = load_decomposition(save_decomposition(tmp_path / "d.npz", dec))
+    assert (back.image_size, back.input_size, back.crop_size, back.patch_size) == ((40, 50), (39, 49), (32, 48), 16)
+    np.testing.assert_array_equal(back.eigenvalues, dec.eigenvalues)

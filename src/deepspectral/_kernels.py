@@ -239,7 +239,7 @@ def sample_feature_tiles(row_counts, tile_ptr, gram, patch_width, width, iy, wy,
     replacement) and store ``max(f̂_i · f̂_j, 0)``, where ``f̂`` are the patch features
     (``gram``: their Gram matrix, patches row-major, ``patch_width`` a row) bilinearly
     upsampled to an image ``width`` pixels wide (1-D taps ``iy, wy`` of its rows, ``ix,
-    wx`` of its columns, as :func:`deepspectral.affinity.linear_taps`). Per row,
+    wx`` of its columns, as :func:`deepspectral.geometry.linear_taps`). Per row,
     ``r = Σ_a w_ia G[p_ia]`` is formed once, then each pair costs 4 reads of it (the taps
     of ``j`` are computed, not loaded: no cache miss). Entries go to their tile
     (``tile_ptr``, row-major over tiles; in a tile, by row) as offsets ``rows`` / ``cols``
@@ -281,7 +281,7 @@ def sample_feature_tiles(row_counts, tile_ptr, gram, patch_width, width, iy, wy,
 
 @njit(cache=True, nogil=True)
 def self_affinity(gram, taps, weights):  # pragma: no cover - compiled
-    """``max(f̂_i · f̂_i, 0)`` for every pixel (see :func:`sample_feature_pairs`)."""
+    """``max(f̂_i · f̂_i, 0)`` for every pixel (see :func:`sample_feature_tiles`)."""
     n = taps.shape[0]
     out = np.empty(n, np.float32)
     for i in range(n):

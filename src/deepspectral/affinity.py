@@ -6,23 +6,17 @@ row-major: node ``i`` is grid cell ``(i // w, i % w)``.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import scipy.linalg.blas
 import scipy.sparse
 
 from . import defaults
+from .geometry import bilinear_taps, linear_taps
 
 __all__ = [
-    "linear_taps",
-    "interpolation_matrix",
-    "resize_bilinear",
     "feature_affinity",
-    "bilinear_taps",
     "knn_affinity",
     "knn_pairs",
-    "add_knn_affinity",
     "add_symmetric_pairs",
     "knn_neighbors",
     "image_knn",
@@ -32,78 +26,6 @@ __all__ = [
 #: Smallest distance of one pixel step, in the KNN colour space, for which
 #: :func:`image_knn` searches in rings rather than with a k-d tree (measured crossover).
 RING_SEARCH_MIN_STEP = 0.003
-
-
-@functools.lru_cache(maxsize=64)
-def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """1-D linear interpolation of ``torch.nn.functional.interpolate`` with
-    ``align_corners=False`` (half-pixel centres, no antialiasing) as 2 taps per output.
-
-    Returns
-    -------
-    index : (n_out, 2) int64
-        The two input samples each output reads (equal at the borders).
-    weight : (n_out, 2) float32
-        Their weights, summing to 1. Both arrays are cached: do not modify them.
-    """
-    if n_in < 1 or n_out < 1:
-        raise ValueError(f"n_in, n_out: expected positive sizes, got {n_in}, {n_out}")
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    index = np.stack([lo, np.minimum(lo + 1, n_in - 1)], axis=1)
-    weight = np.stack([1.0 - frac, frac], axis=1).astype(np.float32)
-    index.flags.writeable = weight.flags.writeable = False
-    return index, weight
-
-
-def interpolation_matrix(n_in: int, n_out: int) -> scipy.sparse.csr_matrix:
-    """:func:`linear_taps` as a matrix.
-
-    Returns
-    -------
-    (n_out, n_in) float32 CSR matrix with at most 2 entries per row, rows summing to 1.
-    """
-    index, weight = linear_taps(n_in, n_out)
-    rows = np.repeat(np.arange(n_out), 2)
-    return scipy.sparse.csr_matrix((weight.ravel(), (rows, index.ravel())), shape=(n_out, n_in), dtype=np.float32)
-
-
-def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an ``(h, w, ...)`` array to ``(H, W, ...)`` exactly as
-    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` does."""
-    h, w = array.shape[:2]
-    array = np.asarray(array, dtype=np.float32)
-    if (h, w) == tuple(size):
-        return array
-    # separable 2-tap gathers: no matrix product, so no BLAS thread pool is woken (see
-    # feature_affinity on why the eigen-step keeps to one BLAS library)
-    index, weight = linear_taps(h, size[0])
-    shape = (-1,) + (1,) * (array.ndim - 1)
-    out = weight[:, 0].reshape(shape) * array[index[:, 0]] + weight[:, 1].reshape(shape) * array[index[:, 1]]
-    index, weight = linear_taps(w, size[1])
-    shape = (1, -1) + (1,) * (array.ndim - 2)
-    out = weight[:, 0].reshape(shape) * out[:, index[:, 0]] + weight[:, 1].reshape(shape) * out[:, index[:, 1]]
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-@functools.lru_cache(maxsize=32)
-def bilinear_taps(size_in: tuple[int, int], size_out: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The 2-D bilinear operator of :func:`resize_bilinear` as 4 taps per output pixel.
-
-    Returns
-    -------
-    taps : (H * W, 4) int64
-        Input pixels (row-major indices) each output pixel reads.
-    weights : (H * W, 4) float32
-        Their weights (summing to 1). Both arrays are cached: do not modify them.
-    """
-    iy, wy = linear_taps(size_in[0], size_out[0])
-    ix, wx = linear_taps(size_in[1], size_out[1])
-    taps = np.ascontiguousarray((iy[:, None, :, None] * size_in[1] + ix[None, :, None, :]).reshape(-1, 4))
-    weights = np.ascontiguousarray((wy[:, None, :, None] * wx[None, :, None, :]).reshape(-1, 4), dtype=np.float32)
-    taps.flags.writeable = weights.flags.writeable = False
-    return taps, weights
 
 
 def feature_affinity(
@@ -329,18 +251,3 @@ def add_symmetric_pairs(
         np.asarray(weights, dtype=np.float32),
         bool(upper_only),
     )
-
-
-def add_knn_affinity(
-    affinity: np.ndarray,
-    image: np.ndarray,
-    weight: float,
-    *,
-    settings: tuple[tuple[int, float], ...] = defaults.KNN_SETTINGS,
-    kernel: str = defaults.KNN_KERNEL,
-) -> np.ndarray:
-    """``affinity += weight · W_knn`` in place on a dense ``(N, N)`` matrix, without
-    building the sparse matrix (same result as adding :func:`knn_affinity`)."""
-    for rows, cols, weights in knn_pairs(image, settings=settings, kernel=kernel):
-        add_symmetric_pairs(affinity, rows, cols, weight * weights)
-    return affinity

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import defaults
+from .errors import SetupError
 from .data.images import as_rgb_array, input_size_for, resize_image
 from .features import PatchFeatures
 
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(SetupError):
     """The pretrained weights of a backbone could not be downloaded (e.g. no network)."""
 
 

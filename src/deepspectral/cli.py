@@ -30,7 +30,7 @@ from . import defaults
 from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runner import RunSummary
+    from .engine import RunSummary
 
 __all__ = ["main", "build_parser", "backbone_from_args", "inputs_from_args", "run_images", "number_type", "UsageError"]
 
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
         help="eigenvectors of each image (.npz) and a picture of them",
         description="Per image: OUT/<name>.npz (eigenvalues, eigenvectors on the 1/8 grid, sizes, "
-        "settings; see deepspectral.Decomposition.load_npz) and OUT/<name>.eigs.png "
+        "settings; see deepspectral.store.load_decomposition) and OUT/<name>.eigs.png "
         "(the image and its non-constant eigenvectors).",
     )
     eigs.set_defaults(handler=_run_eigs)
@@ -303,9 +303,9 @@ def batch_status(run, *, also: tuple = (), interrupted: str = "interrupted", rep
 
 
 def run_images(inputs: list, process, *, out_dir: Path, desc: str, quiet: bool) -> int:
-    """:func:`deepspectral.runner.run_batch` for a command: its exit status, see
+    """:func:`deepspectral.engine.run_batch` for a command: its exit status, see
     :func:`batch_status`."""
-    from .runner import run_batch
+    from .engine import run_batch
 
     return batch_status(lambda: run_batch(inputs, process, out_dir=out_dir, desc=desc, verbose=not quiet))
 
@@ -321,9 +321,9 @@ def inputs_from_args(args: argparse.Namespace) -> list:
         raise UsageError(str(error)) from None
 
 
-def _make_pipeline(args: argparse.Namespace):
+def _make_engine(args: argparse.Namespace):
     """The backbone and settings shared by the image commands, with the cache."""
-    from .pipeline import Pipeline, default_cache_dir, estimate_cache_bytes
+    from .engine import Engine, default_cache_dir, estimate_cache_bytes
     from .store import Store
 
     backbone = backbone_from_args(args)
@@ -340,7 +340,7 @@ def _make_pipeline(args: argparse.Namespace):
                 max_size=args.max_size or None,
             )
             print(f"cache: {cache_dir} (up to about {need / 1e6:.0f} MB for {len(args.inputs_found)} images)", file=sys.stderr)
-    return Pipeline(
+    return Engine(
         backbone,
         max_size=args.max_size or None,
         knn_lambda=args.knn_lambda,
@@ -355,68 +355,59 @@ def _out_path(out_dir: Path, item, suffix: str) -> Path:
     return out_dir.joinpath(*item.relative.parts[:-1], item.relative.name + suffix)
 
 
-def _run_eigs(args, pipeline, inputs) -> "RunSummary":
-    from .runner import run_batch, save_png_atomic
+def _run_eigs(args, engine, inputs) -> "RunSummary":
+    from .files import save_png_atomic
+    from .store import save_decomposition
     from .viz import eigenvector_figure
 
-    results = pipeline.run(inputs)  # in input order, as run_batch walks them
+    def work(result) -> None:
+        save_decomposition(_out_path(args.out, result.item, ".npz"), result.decomposition)
+        figure = eigenvector_figure(result.image, result.decomposition, max_height=FIGURE_MAX_HEIGHT)
+        save_png_atomic(_out_path(args.out, result.item, ".eigs.png"), figure)
 
-    def process(item) -> None:
-        image, decomposition = next(results).get()
-        npz_path = _out_path(args.out, item, ".npz")
-        npz_path.parent.mkdir(parents=True, exist_ok=True)
-        decomposition.save_npz(npz_path)
-        figure = eigenvector_figure(image, decomposition, max_height=FIGURE_MAX_HEIGHT)
-        save_png_atomic(_out_path(args.out, item, ".eigs.png"), figure)
-
-    return run_batch(inputs, process, out_dir=args.out, desc="eigs", verbose=not args.quiet)
+    return engine.process(inputs, work, out_dir=args.out, desc="eigs", verbose=not args.quiet)
 
 
-def _run_localize(args, pipeline, inputs) -> "RunSummary":
-    from .runner import atomic_write_json, run_batch, save_image_atomic
+def _run_localize(args, engine, inputs) -> "RunSummary":
+    from .files import atomic_write_json, save_image_atomic
     from .tasks.localize import localize
     from .viz import draw_box
 
-    results = pipeline.run(inputs)  # in input order, as run_batch walks them
     records = []
 
-    def process(item) -> None:
-        image, decomposition = next(results).get()
-        box = [int(v) for v in localize(decomposition)]
+    def work(result) -> None:
+        box = [int(v) for v in localize(result.decomposition)]
         if args.save_viz:
-            save_image_atomic(_out_path(args.out, item, ".box.jpg"), draw_box(image, box), quality=90)
-        height, width = image.shape[:2]
+            save_image_atomic(_out_path(args.out, result.item, ".box.jpg"), draw_box(result.image, box), quality=90)
+        height, width = result.image.shape[:2]
         records.append(
             {
-                "image": item.relative.as_posix(),
-                "file": str(item.path),
+                "image": result.item.relative.as_posix(),
+                "file": str(result.item.path),
                 "box_xyxy": box,
                 "image_size": [int(width), int(height)],
             }
         )
 
     try:
-        summary = run_batch(inputs, process, out_dir=args.out, desc="localize", verbose=not args.quiet)
+        summary = engine.process(inputs, work, out_dir=args.out, desc="localize", verbose=not args.quiet)
     finally:  # boxes found before an interruption are kept
         atomic_write_json(args.out / BOXES_FILE, records)
     return summary
 
 
-def _run_segment(args, pipeline, inputs) -> "RunSummary":
-    from .runner import run_batch, save_image_atomic, save_png_atomic
+def _run_segment(args, engine, inputs) -> "RunSummary":
+    from .files import save_image_atomic, save_png_atomic
     from .tasks.segment import segment_object
     from .viz import overlay_mask
 
-    results = pipeline.run(inputs)  # in input order, as run_batch walks them
-
-    def process(item) -> None:
-        image, decomposition = next(results).get()
-        mask = segment_object(decomposition, image, crf=args.crf)
-        save_png_atomic(_out_path(args.out, item, ".png"), mask.astype("uint8") * 255)
+    def work(result) -> None:
+        mask = segment_object(result.decomposition, result.image, crf=args.crf)
+        save_png_atomic(_out_path(args.out, result.item, ".png"), mask.astype("uint8") * 255)
         if args.save_viz:
-            save_image_atomic(_out_path(args.out, item, ".overlay.jpg"), overlay_mask(image, mask), quality=90)
+            save_image_atomic(_out_path(args.out, result.item, ".overlay.jpg"), overlay_mask(result.image, mask), quality=90)
 
-    return run_batch(inputs, process, out_dir=args.out, desc="segment", verbose=not args.quiet)
+    return engine.process(inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet)
 
 
 def _check_crf_available() -> str | None:
@@ -464,8 +455,8 @@ def main(argv=None) -> int:
 
     try:
         inputs = args.inputs_found = inputs_from_args(args)
-        pipeline = _make_pipeline(args)
+        engine = _make_engine(args)
     except UsageError as error:
         _error(str(error))
         return EXIT_USAGE
-    return batch_status(lambda: args.handler(args, pipeline, inputs))
+    return batch_status(lambda: args.handler(args, engine, inputs))

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import ImageGeometry
+
 __all__ = ["PatchFeatures"]
 
 
@@ -42,6 +44,12 @@ class PatchFeatures:
     def __post_init__(self) -> None:
         if self.features.ndim != 3:
             raise ValueError(f"features: expected shape (h, w, C), got {self.features.shape}")
+        expected = ImageGeometry(self.image_size, self.input_size, self.patch_size).patch_grid
+        if self.grid_size != expected:
+            raise ValueError(
+                f"features: a {self.grid_size[0]}x{self.grid_size[1]} patch grid does not fit an input image of "
+                f"{self.input_size} with {self.patch_size}-pixel patches (expected {expected[0]}x{expected[1]})"
+            )
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -53,3 +61,8 @@ class PatchFeatures:
         """Size ``(h * P, w * P)`` of the cropped input image the features cover."""
         h, w = self.grid_size
         return (h * self.patch_size, w * self.patch_size)
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        """The sizes of the image and the maps between them (see :mod:`deepspectral.geometry`)."""
+        return ImageGeometry(self.image_size, self.input_size, self.patch_size)

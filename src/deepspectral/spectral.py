@@ -10,8 +10,6 @@ as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)`` without a fact
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import threading
 from dataclasses import dataclass, field
 
@@ -21,10 +19,9 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from . import defaults
-from ._version import __version__
-from .affinity import add_symmetric_pairs, feature_affinity, knn_pairs, resize_bilinear
-from .data.images import as_rgb_array, resize_image
+from .affinity import add_symmetric_pairs, feature_affinity, knn_pairs
 from .features import PatchFeatures
+from .geometry import ImageGeometry
 
 __all__ = [
     "Decomposition",
@@ -33,8 +30,8 @@ __all__ = [
     "grid_affinity",
     "laplacian_eigenvectors",
     "orient_eigenvectors",
+    "coarse_mask",
     "ncut_sweep",
-    "working_grid",
 ]
 
 #: Below this many nodes the dense ``eigh`` solver is used (it is then the fastest).
@@ -84,53 +81,9 @@ class Decomposition:
         return (int(self.eigenvectors.shape[1]), int(self.eigenvectors.shape[2]))
 
     @property
-    def cell_size(self) -> tuple[float, float]:
-        """Size ``(dy, dx)`` of one grid cell in pixels of the input image."""
-        h, w = self.grid_size
-        return (self.crop_size[0] / h, self.crop_size[1] / w)
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """Factor ``(sy, sx)`` from input-image pixels to original-image pixels."""
-        return (self.image_size[0] / self.input_size[0], self.image_size[1] / self.input_size[1])
-
-    def save_npz(self, path: str | os.PathLike) -> None:
-        """Write the decomposition to ``path`` (``.npz``), atomically (temp file + rename).
-
-        Keys: ``eigenvalues`` (K,), ``eigenvectors`` (K, h, w) float32, ``image_size``,
-        ``input_size``, ``crop_size`` (2,) int, ``patch_size`` () int and ``metadata``
-        (a JSON string with the settings and the library version).
-        """
-        from .runner import atomic_savez
-
-        metadata = json.dumps({"settings": self.settings, "version": __version__}, sort_keys=True)
-        atomic_savez(
-            path,
-            {
-                "eigenvalues": self.eigenvalues,
-                "eigenvectors": self.eigenvectors,
-                "image_size": np.array(self.image_size, dtype=np.int64),
-                "input_size": np.array(self.input_size, dtype=np.int64),
-                "crop_size": np.array(self.crop_size, dtype=np.int64),
-                "patch_size": np.array(self.patch_size, dtype=np.int64),
-                "metadata": np.array(metadata),
-            },
-        )
-
-    @classmethod
-    def load_npz(cls, path: str | os.PathLike) -> "Decomposition":
-        """Read a decomposition written by :meth:`save_npz`."""
-        with np.load(path, allow_pickle=False) as data:
-            metadata = json.loads(str(data["metadata"]))
-            return cls(
-                eigenvalues=data["eigenvalues"],
-                eigenvectors=data["eigenvectors"],
-                image_size=tuple(int(v) for v in data["image_size"]),
-                input_size=tuple(int(v) for v in data["input_size"]),
-                crop_size=tuple(int(v) for v in data["crop_size"]),
-                patch_size=int(data["patch_size"]),
-                settings=metadata["settings"],
-            )
+    def geometry(self) -> ImageGeometry:
+        """The sizes of the image and the maps between them (see :mod:`deepspectral.geometry`)."""
+        return ImageGeometry(self.image_size, self.input_size, self.patch_size)
 
 
 _WORKSPACE = threading.local()
@@ -184,11 +137,6 @@ def single_threaded_blas():
             if _BLAS_STATE["users"] == 0:
                 _BLAS_STATE["limiter"].restore_original_limits()
                 _BLAS_STATE["limiter"] = None
-
-
-def working_grid(crop_size: tuple[int, int]) -> tuple[int, int]:
-    """The intermediate resolution ``(H_c // 8, W_c // 8)`` of the paper (at least 1x1)."""
-    return (max(1, crop_size[0] // defaults.GRID_STRIDE), max(1, crop_size[1] // defaults.GRID_STRIDE))
 
 
 def affinity_matrix(
@@ -246,6 +194,15 @@ def orient_eigenvectors(eigenvectors: np.ndarray) -> np.ndarray:
         if 0.5 < positive < 1.0:
             vector *= -1
     return eigenvectors
+
+
+def coarse_mask(decomposition: Decomposition, index: int = 1) -> np.ndarray:
+    """``y_index > 0`` on the working grid, ``(h, w) bool``: the minority side of the
+    eigenvector by the sign convention (the Fiedler vector's by default). With fewer than
+    two eigenvectors (a one-cell grid) the whole grid is returned."""
+    if decomposition.eigenvectors.shape[0] <= index:
+        return np.ones(decomposition.grid_size, dtype=bool)
+    return decomposition.eigenvectors[index] > 0
 
 
 def ncut_sweep(vector: np.ndarray, affinity) -> np.ndarray:
@@ -403,50 +360,41 @@ def _deflated_top_eigenpairs(
 
 
 def grid_affinity(
-    features: PatchFeatures,
-    image,
+    features: np.ndarray,
+    grid_colours: np.ndarray,
     *,
     knn_lambda: float = defaults.KNN_LAMBDA,
     knn_kernel: str = defaults.KNN_KERNEL,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The fused affinity of one image on its working grid, upper triangle filled.
 
     Parameters
     ----------
-    features : PatchFeatures
-        Features of ``image``.
-    image : PIL.Image.Image or (H, W, 3) uint8
-        The original image given to the backbone.
+    features : (h_p, w_p, C) float
+        Patch features of the image (:attr:`PatchFeatures.features`).
+    grid_colours : (h, w, 3) float32 in [0, 1]
+        The image's colours on the working grid
+        (:meth:`deepspectral.geometry.ImageGeometry.grid_colours`).
     knn_lambda : float, default 10
     knn_kernel : {"binary", "soft"}
+    out : (h * w, h * w) float32, optional
+        Buffer to write into (default: a new array).
 
     Returns
     -------
-    (n, n) float32, ``n = h * w`` of :func:`working_grid`; only ``j >= i`` is meaningful.
-    The array is a per-thread buffer reused by the next call (copy it to keep it).
+    (n, n) float32, ``n = h * w``; only ``j >= i`` is meaningful.
     """
-    rgb = as_rgb_array(image)
-    if tuple(rgb.shape[:2]) != tuple(features.image_size):
-        raise ValueError(
-            f"image: size {rgb.shape[:2]} does not match the size {features.image_size} the features were extracted from"
-        )
-    crop_h, crop_w = features.crop_size
-    small = resize_image(rgb, features.input_size)[:crop_h, :crop_w]
-    grid = working_grid((crop_h, crop_w))
-    if grid[0] * grid[1] > defaults.MAX_GRID_NODES:
+    grid = grid_colours.shape[:2]
+    n = grid[0] * grid[1]
+    if n > defaults.MAX_GRID_NODES:
         raise ValueError(
             f"image: the working grid {grid[0]}x{grid[1]} has more than {defaults.MAX_GRID_NODES} nodes "
-            f"(the dense affinity would need {4 * (grid[0] * grid[1]) ** 2 / 1e9:.1f} GB); "
+            f"(the dense affinity would need {4 * n ** 2 / 1e9:.1f} GB); "
             f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
         )
-    image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
     return affinity_matrix(
-        features.features,
-        image_small,
-        knn_lambda=knn_lambda,
-        knn_kernel=knn_kernel,
-        upper_only=True,
-        out=_workspace(grid[0] * grid[1]),
+        features, grid_colours, knn_lambda=knn_lambda, knn_kernel=knn_kernel, upper_only=True, out=out
     )
 
 
@@ -485,8 +433,15 @@ def decompose(
         raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
     if not np.isfinite(knn_lambda) or knn_lambda < 0:
         raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
-    affinity = grid_affinity(features, image, knn_lambda=knn_lambda, knn_kernel=knn_kernel)
-    grid = working_grid(features.crop_size)
+    geometry = features.geometry
+    grid = geometry.grid_size
+    affinity = grid_affinity(
+        features.features,
+        geometry.grid_colours(image),
+        knn_lambda=knn_lambda,
+        knn_kernel=knn_kernel,
+        out=_workspace(grid[0] * grid[1]),  # reused: the affinity never leaves this function
+    )
     eigenvalues, eigenvectors = laplacian_eigenvectors(affinity, n_eigenvectors, upper_only=True)
     eigenvectors = orient_eigenvectors(eigenvectors.reshape(-1, *grid))
     settings = {

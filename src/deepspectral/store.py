@@ -1,16 +1,20 @@
-"""Resumable on-disk cache of patch features and decompositions.
+"""Files of features and decompositions: the ``.npz`` format and the resumable cache.
 
-Layout (readable without this library: plain ``.npz`` files and JSON)::
+A decomposition is written to ``.npz`` by :func:`save_decomposition` (what ``deepspectral
+eigs`` writes) and read back by :func:`load_decomposition`. The cache keeps features and
+decompositions of every image a run has seen (readable without this library: plain
+``.npz`` files and JSON)::
 
     CACHE/
-      features/<k[:2]>/<k>.npz    features (h, w, C) float16, patch_size, image_size,
-                                  input_size, metadata (JSON: backbone, block, feature, ...)
-      eigs/<k[:2]>/<k>.npz        as written by Decomposition.save_npz (float32)
+      features/<k[:2]>/<k>.npz    features (h, w, C) float32, patch_size, image_size,
+                                  input_size, metadata (JSON: backbone, block, feature), cls
+      eigs/<k[:2]>/<k>.npz        as written by save_decomposition
 
-``k`` is a SHA-256 key of the image *content*, every setting that changes the result and
-:data:`CACHE_FORMAT_VERSION`: change a setting and you get new entries, never a stale hit.
-Every file is written to a temporary name and renamed, so a killed run leaves either a
-complete entry or none.
+``k`` is a SHA-256 key of the image *content* (:func:`cache_key`), every setting that
+changes the result and :data:`CACHE_FORMAT_VERSION`: change a setting and you get new
+entries, never a stale hit. Features are stored exactly (float32), so a result computed
+from the cache is the result computed without it. Every file is written to a temporary
+name and renamed, so a killed run leaves either a complete entry or none.
 """
 
 from __future__ import annotations
@@ -22,33 +26,79 @@ from pathlib import Path
 
 import numpy as np
 
+from ._version import __version__
+from .files import atomic_savez, remove_stale_temp_files
 from .features import PatchFeatures
-from .runner import atomic_savez
 from .spectral import Decomposition
 
-__all__ = ["CACHE_FORMAT_VERSION", "Store", "file_digest", "cache_key", "remove_stale_temp_files"]
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "Store",
+    "cache_key",
+    "save_decomposition",
+    "load_decomposition",
+]
 
-#: Bump when the meaning or layout of cached files changes.
-CACHE_FORMAT_VERSION = 1
-
-
-def file_digest(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: Bump when the meaning or layout of cached files changes (2: features stored as float32).
+CACHE_FORMAT_VERSION = 2
 
 
-def cache_key(content_digest: str, settings: dict) -> str:
+def cache_key(content_id: str, settings: dict) -> str:
     """Key of one cache entry: image content + settings + cache format version."""
     payload = json.dumps(
-        {"content": content_digest, "settings": settings, "format": CACHE_FORMAT_VERSION},
+        {"content": content_id, "settings": settings, "format": CACHE_FORMAT_VERSION},
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# The .npz format of a decomposition
+# ---------------------------------------------------------------------------------------
+
+
+def save_decomposition(path: str | os.PathLike, decomposition: Decomposition) -> Path:
+    """Write ``decomposition`` to ``path`` (``.npz``), atomically; the same decomposition
+    always gives the same bytes.
+
+    Keys: ``eigenvalues`` (K,) float64, ``eigenvectors`` (K, h, w) float32, ``image_size``,
+    ``input_size``, ``crop_size`` (2,) int64, ``patch_size`` () int64 and ``metadata`` (a
+    JSON string with the settings and the library version).
+    """
+    metadata = json.dumps({"settings": decomposition.settings, "version": __version__}, sort_keys=True)
+    return atomic_savez(
+        path,
+        {
+            "eigenvalues": decomposition.eigenvalues,
+            "eigenvectors": decomposition.eigenvectors,
+            "image_size": np.array(decomposition.image_size, dtype=np.int64),
+            "input_size": np.array(decomposition.input_size, dtype=np.int64),
+            "crop_size": np.array(decomposition.crop_size, dtype=np.int64),
+            "patch_size": np.array(decomposition.patch_size, dtype=np.int64),
+            "metadata": np.array(metadata),
+        },
+    )
+
+
+def load_decomposition(path: str | os.PathLike) -> Decomposition:
+    """Read a decomposition written by :func:`save_decomposition`."""
+    with np.load(path, allow_pickle=False) as data:
+        metadata = json.loads(str(data["metadata"]))
+        return Decomposition(
+            eigenvalues=data["eigenvalues"],
+            eigenvectors=data["eigenvectors"],
+            image_size=tuple(int(v) for v in data["image_size"]),
+            input_size=tuple(int(v) for v in data["input_size"]),
+            crop_size=tuple(int(v) for v in data["crop_size"]),
+            patch_size=int(data["patch_size"]),
+            settings=metadata["settings"],
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------
 
 
 class Store:
@@ -57,7 +107,7 @@ class Store:
     Parameters
     ----------
     root : path
-        Cache folder, created when missing.
+        Cache folder, created when missing; temporary files left by killed runs are removed.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -68,9 +118,8 @@ class Store:
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.npz"
 
-    # ----------------------------------------------------------------- features
     def load_features(self, key: str) -> PatchFeatures | None:
-        """Cached features (as float32) or ``None``; an unreadable entry counts as missing."""
+        """Cached features or ``None``; an unreadable entry counts as missing."""
         path = self._path("features", key)
         if not path.exists():
             return None
@@ -78,25 +127,22 @@ class Store:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["metadata"]))
                 return PatchFeatures(
-                    features=data["features"].astype(np.float32),
+                    features=data["features"],
                     patch_size=int(data["patch_size"]),
                     image_size=tuple(int(v) for v in data["image_size"]),
                     input_size=tuple(int(v) for v in data["input_size"]),
                     backbone=meta["backbone"],
                     block=int(meta["block"]),
                     feature=meta["feature"],
-                    cls=data["cls"].astype(np.float32) if "cls" in data.files else None,
+                    cls=data["cls"] if "cls" in data.files else None,
                 )
         except (OSError, ValueError, KeyError):
             return None
 
-    def save_features(self, key: str, features: PatchFeatures) -> PatchFeatures:
-        """Store ``features`` as float16 and return them as they will load back (float16
-        rounded), so a run that resumes from the cache computes exactly what an
-        uninterrupted run computed."""
-        half = features.features.astype(np.float16)
+    def save_features(self, key: str, features: PatchFeatures) -> None:
+        """Store ``features`` exactly as they are (atomic)."""
         arrays = {
-            "features": half,
+            "features": np.asarray(features.features, dtype=np.float32),
             "patch_size": np.array(features.patch_size),
             "image_size": np.array(features.image_size),
             "input_size": np.array(features.input_size),
@@ -105,58 +151,19 @@ class Store:
             ),
         }
         if features.cls is not None:
-            arrays["cls"] = features.cls.astype(np.float16)
+            arrays["cls"] = np.asarray(features.cls, dtype=np.float32)
         atomic_savez(self._path("features", key), arrays)
-        return PatchFeatures(
-            features=half.astype(np.float32),
-            patch_size=features.patch_size,
-            image_size=tuple(features.image_size),
-            input_size=tuple(features.input_size),
-            backbone=features.backbone,
-            block=features.block,
-            feature=features.feature,
-            cls=None if features.cls is None else features.cls.astype(np.float16).astype(np.float32),
-        )
 
-    # ----------------------------------------------------------- decompositions
     def load_decomposition(self, key: str) -> Decomposition | None:
         """Cached decomposition or ``None``; an unreadable entry counts as missing."""
         path = self._path("eigs", key)
         if not path.exists():
             return None
         try:
-            return Decomposition.load_npz(path)
+            return load_decomposition(path)
         except (OSError, ValueError, KeyError):
             return None
 
     def save_decomposition(self, key: str, decomposition: Decomposition) -> None:
         """Store a decomposition (atomic)."""
-        path = self._path("eigs", key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        decomposition.save_npz(path)
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> int:
-    """Delete temporary files ``.<name>.<pid>.<token>.tmp`` (see
-    :func:`deepspectral.runner.atomic_write`) left under ``folder`` by processes that no
-    longer run (a killed run). Returns how many were removed."""
-    removed = 0
-    for path in Path(folder).rglob(".*.tmp"):
-        try:
-            pid = int(path.name.rsplit(".", 3)[-3])
-        except (ValueError, IndexError):
-            continue
-        if pid != os.getpid() and not _process_exists(pid):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        save_decomposition(self._path("eigs", key), decomposition)

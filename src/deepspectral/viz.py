@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.images import as_rgb_array, resize_image
+from .geometry import ImageGeometry, as_rgb_array, resize_image, resize_nearest
 
 __all__ = ["colormap", "eigenvector_figure", "draw_box", "overlay_mask"]
 
@@ -44,24 +44,19 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(colours), 0, 255).astype(np.uint8)
 
 
-def _eigenvector_panel(vector: np.ndarray, decomposition, image_size: tuple[int, int]) -> np.ndarray:
-    """One eigenvector (h, w) as a colour picture of ``image_size`` (the original image's
-    size, or that size scaled down); zero is the
-    middle colour and the scale is symmetric (the sign carries meaning). The strip the
-    grid does not cover (crop to a multiple of the patch size) is grey."""
-    from PIL import Image
-
-    height, width = image_size
-    full_h, full_w = decomposition.image_size
+def _eigenvector_panel(vector: np.ndarray, decomposition, size: tuple[int, int]) -> np.ndarray:
+    """One eigenvector (h, w) as a colour picture of ``size`` (the original image's size,
+    or that size scaled down); zero is the middle colour and the scale is symmetric (the
+    sign carries meaning). The strip the grid does not cover (crop to a multiple of the
+    patch size) is grey."""
     peak = float(np.max(np.abs(vector))) if vector.size else 0.0
     normalised = 0.5 + 0.5 * vector / peak if peak > 0 else np.full(vector.shape, 0.5)
-    coloured = colormap(normalised)
-    scale_y, scale_x = decomposition.scale  # input -> original pixels, then original -> panel
-    covered_h = int(np.clip(round(decomposition.crop_size[0] * scale_y * height / full_h), 1, height))
-    covered_w = int(np.clip(round(decomposition.crop_size[1] * scale_x * width / full_w), 1, width))
-    resized = np.asarray(Image.fromarray(coloured).resize((covered_w, covered_h), Image.Resampling.NEAREST))
-    panel = np.full((height, width, 3), _UNCOVERED_COLOUR, dtype=np.uint8)
-    panel[:covered_h, :covered_w] = resized
+    # the picture is the original image at another size: the same geometry maps onto it
+    shown = ImageGeometry(size, decomposition.input_size, decomposition.patch_size)
+    crop_h, crop_w = decomposition.crop_size
+    _, _, covered_w, covered_h = (max(1, int(v)) for v in shown.input_boxes_to_image([[0, 0, crop_w, crop_h]])[0])
+    panel = np.full((size[0], size[1], 3), _UNCOVERED_COLOUR, dtype=np.uint8)
+    panel[:covered_h, :covered_w] = resize_nearest(colormap(normalised), (covered_h, covered_w))
     return panel
 
 

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..spectral import Decomposition
+from ..geometry import mask_to_box
+from ..spectral import Decomposition, coarse_mask
 
-__all__ = ["localize", "largest_component", "coarse_mask", "grid_box_to_pixels"]
-
-
-def coarse_mask(decomposition: Decomposition, index: int = 1) -> np.ndarray:
-    """``y_index > 0`` on the working grid, ``(h, w) bool``. With fewer than two
-    eigenvectors (a one-cell grid) the whole grid is returned."""
-    if decomposition.eigenvectors.shape[0] <= index:
-        return np.ones(decomposition.grid_size, dtype=bool)
-    return decomposition.eigenvectors[index] > 0
+__all__ = ["localize", "largest_component"]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -28,22 +21,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
-
-
-def grid_box_to_pixels(decomposition: Decomposition, box_grid: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Map a box ``(x1, y1, x2, y2)`` in grid cells (x2, y2 exclusive) to pixels of the
-    original image, clipped to the image."""
-    x1, y1, x2, y2 = box_grid
-    cell_y, cell_x = decomposition.cell_size
-    scale_y, scale_x = decomposition.scale
-    height, width = decomposition.image_size
-    box = (
-        int(np.clip(round(x1 * cell_x * scale_x), 0, width)),
-        int(np.clip(round(y1 * cell_y * scale_y), 0, height)),
-        int(np.clip(round(x2 * cell_x * scale_x), 0, width)),
-        int(np.clip(round(y2 * cell_y * scale_y), 0, height)),
-    )
-    return box
 
 
 def localize(decomposition: Decomposition) -> tuple[int, int, int, int]:
@@ -61,9 +38,8 @@ def localize(decomposition: Decomposition) -> tuple[int, int, int, int]:
     """
     if not isinstance(decomposition, Decomposition):
         raise ValueError(f"decomposition: expected a Decomposition, got {type(decomposition).__name__}")
-    region = largest_component(coarse_mask(decomposition))
-    if not region.any():
+    box_grid = mask_to_box(largest_component(coarse_mask(decomposition)))
+    if box_grid is None:
         height, width = decomposition.image_size
         return (0, 0, int(width), int(height))
-    ys, xs = np.nonzero(region)
-    return grid_box_to_pixels(decomposition, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    return tuple(int(v) for v in decomposition.geometry.grid_boxes_to_image([box_grid])[0])

@@ -27,47 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import defaults
-from ..data.images import as_rgb_array, resize_image
-from ..spectral import Decomposition
-from .localize import coarse_mask
+from ..spectral import Decomposition, coarse_mask
 
-__all__ = ["segment_object", "segment_object_probability", "upsample_grid_mask"]
-
-
-def upsample_grid_mask(mask: np.ndarray, crop_size: tuple[int, int], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Nearest-neighbour upsampling of a grid mask, then right/bottom edge replication.
-
-    Parameters
-    ----------
-    mask : (h, w) array
-        Values on the working grid (any dtype).
-    crop_size : (H_c, W_c)
-        Pixels the grid covers; pixel ``(i, j)`` takes cell
-        ``(i * h // H_c, j * w // W_c)`` (OpenCV's ``INTER_NEAREST`` rule).
-    size : (H, W), optional
-        Final size (``>= crop_size``); the last row / column is repeated to reach it.
-        Defaults to ``crop_size``.
-
-    Returns
-    -------
-    (H, W) array of ``mask.dtype``
-    """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask: expected shape (h, w), got {mask.shape}")
-    crop_h, crop_w = (int(v) for v in crop_size)
-    if crop_h < 1 or crop_w < 1:
-        raise ValueError(f"crop_size: expected positive sizes, got {crop_size}")
-    height, width = (crop_h, crop_w) if size is None else (int(v) for v in size)
-    if height < crop_h or width < crop_w:
-        raise ValueError(f"size: expected at least crop_size {crop_size}, got {size}")
-    grid_h, grid_w = mask.shape
-    rows = np.minimum(np.arange(crop_h) * grid_h // crop_h, grid_h - 1)
-    cols = np.minimum(np.arange(crop_w) * grid_w // crop_w, grid_w - 1)
-    upsampled = mask[rows[:, None], cols[None, :]]
-    if (height, width) != (crop_h, crop_w):
-        upsampled = np.pad(upsampled, ((0, height - crop_h), (0, width - crop_w)), mode="edge")
-    return upsampled
+__all__ = ["segment_object", "segment_object_probability"]
 
 
 def _crf_settings(crf_params: dict | None) -> dict:
@@ -81,19 +43,6 @@ def _crf_settings(crf_params: dict | None) -> dict:
         raise ValueError(f"crf_params: unknown key(s) {unknown}; valid keys are {sorted(params)}")
     params.update(crf_params)
     return params
-
-
-def _resize_probability(probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an ``(h, w)`` float map to ``size = (H, W)`` (pixel centres
-    aligned, as ``align_corners=False``)."""
-    if tuple(probability.shape) == tuple(size):
-        return probability
-    from PIL import Image
-
-    resized = Image.fromarray(np.ascontiguousarray(probability, dtype=np.float32)).resize(
-        (int(size[1]), int(size[0])), Image.Resampling.BILINEAR
-    )
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
 def segment_object_probability(
@@ -132,23 +81,17 @@ def segment_object_probability(
     if not isinstance(crf, (bool, np.bool_)):
         raise ValueError(f"crf: expected True or False, got {crf!r}")
     params = _crf_settings(crf_params)
-    rgb = as_rgb_array(image)
-    if tuple(rgb.shape[:2]) != tuple(decomposition.image_size):
-        raise ValueError(
-            f"image: size {tuple(rgb.shape[:2])} does not match the size {tuple(decomposition.image_size)} "
-            "the decomposition was computed on"
-        )
-    input_size = tuple(int(v) for v in decomposition.input_size)
-    foreground = upsample_grid_mask(coarse_mask(decomposition), decomposition.crop_size, input_size)
+    geometry = decomposition.geometry
+    input_image = geometry.input_image(image)  # checks the image's size
+    foreground = geometry.grid_to_input(coarse_mask(decomposition))
     if crf:
         from ..crf import dense_crf
 
-        input_image = resize_image(rgb, input_size)
         one_hot = np.stack([~foreground, foreground]).astype(np.float32)
         probability = dense_crf(input_image, one_hot, **params)[1]
     else:
         probability = foreground.astype(np.float32)
-    return _resize_probability(probability, tuple(decomposition.image_size))
+    return geometry.input_maps_to_image(probability[None])[0]
 
 
 def segment_object(

@@ -1,0 +1,508 @@
+"""One engine for every dataset run: decode → features → cache → per-image work → outputs.
+
+Every command that processes many images (``eigs``, ``localize``, ``segment``, ``matte``,
+``semseg fit``, ``eval``) runs on this module:
+
+- :func:`run_batch` walks the items with a progress bar and calls the per-image work;
+  a per-image failure (:data:`deepspectral.errors.PER_IMAGE_ERRORS`) is recorded and
+  skipped, a :class:`~deepspectral.errors.SetupError` stops the run; the failures are
+  written to ``OUT/errors.json`` and the run ends with a :class:`RunSummary`.
+- :class:`Engine` (a loaded backbone + the decomposition settings + the cache) turns items
+  into :class:`ImageResult` objects — decoded image, features, decomposition — in input
+  order: features are extracted in batches (``batch_size``; images bucketed by size, so
+  padding never changes a result); the eigen-step of one batch runs in ``workers``
+  threads while the backbone works on the next (numpy / scipy / numba release the GIL);
+  with a :class:`~deepspectral.store.Store`, features and decompositions are cached under
+  a key of the image content and every setting that changes them, so a killed run
+  resumes where it stopped and an ``eval`` reuses what ``localize`` cached.
+- :meth:`Engine.process` is the two together: ``work(result)`` is called for each
+  result under :func:`run_batch`'s error policy.
+
+An item is anything with a ``name`` (for messages), ``load_image()`` (the decoded
+``(H, W, 3) uint8`` image) and ``cache_id()`` (identity of its content):
+:class:`deepspectral.data.images.InputImage` and the dataset samples are items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from . import defaults
+from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
+from .features import PatchFeatures
+from .files import atomic_write_json, file_digest
+from .spectral import Decomposition, decompose, single_threaded_blas
+from .store import Store, cache_key
+
+__all__ = [
+    "Item",
+    "ImageResult",
+    "RunSummary",
+    "Engine",
+    "run_batch",
+    "estimate_cache_bytes",
+    "default_cache_dir",
+    "ERRORS_FILE",
+]
+
+#: Name of the file listing the images that failed, in the output folder.
+ERRORS_FILE = "errors.json"
+#: Bytes of one cache entry besides its arrays (zip headers, JSON metadata), rounded up.
+_ENTRY_OVERHEAD_BYTES = 4096
+
+
+class Item(Protocol):
+    """What the engine needs of one image to process."""
+
+    name: str
+
+    def load_image(self) -> np.ndarray: ...
+
+    def cache_id(self) -> str: ...
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a batch did.
+
+    Attributes
+    ----------
+    done, failed : int
+        Images processed successfully / that raised a per-image error.
+    seconds : float
+        Wall-clock time of the whole batch.
+    errors : list of dict
+        ``{"image": name, "error": "Type: message"}`` for every failed image, in input order
+        (``"path"`` too for image files).
+    errors_file : pathlib.Path or None
+        Where ``errors`` were written (``None`` when nothing failed or no folder was given).
+    """
+
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list = field(default_factory=list)
+    errors_file: Path | None = None
+
+    @property
+    def total(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.total if self.total else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def line(self, desc: str = "") -> str:
+        """One-line summary, e.g. ``segment: 10 images done, 1 failed, 0.42 s per image``."""
+        prefix = f"{desc}: " if desc else ""
+        text = (
+            f"{prefix}{self.done} image{'s' if self.done != 1 else ''} done, {self.failed} failed, "
+            f"{self.seconds_per_image:.2f} s per image"
+        )
+        if self.errors_file is not None:
+            text += f" (failures listed in {self.errors_file})"
+        return text
+
+
+def _error_record(item, error: BaseException) -> dict:
+    record = {"image": str(getattr(item, "name", item)), "error": describe_error(error)}
+    path = getattr(item, "path", None)
+    if path is not None:
+        record["path"] = str(path)
+    return record
+
+
+def run_batch(
+    items: Iterable,
+    work: Callable,
+    *,
+    out_dir=None,
+    desc: str,
+    verbose: bool = True,
+) -> RunSummary:
+    """Call ``work(item)`` on every item with a progress bar; survive bad images.
+
+    Parameters
+    ----------
+    items : iterable
+        Anything; ``item.name`` (or ``str(item)``) names it in messages.
+    work : callable
+        Processes one item (and writes its outputs); its return value is ignored.
+    out_dir : path, optional
+        Output folder: ``errors.json`` is written there (atomically) when an image failed,
+        and an ``errors.json`` left by an earlier run is removed when none did.
+    desc : str
+        Label of the progress bar and of the summary line.
+    verbose : bool
+        Show the progress bar (on a terminal) and print failures and the summary line.
+
+    Returns
+    -------
+    RunSummary
+
+    Notes
+    -----
+    Per-image errors (:data:`deepspectral.errors.PER_IMAGE_ERRORS`) are caught, reported
+    and skipped. :data:`deepspectral.errors.FATAL_ERRORS` (the weights cannot be had, a
+    missing optional dependency) stop the batch, as do ``KeyboardInterrupt`` and
+    unexpected exceptions (bugs).
+    """
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary()
+    start = time.perf_counter()
+    progress = tqdm(items, desc=desc, unit="img", disable=(not verbose) or None, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for item in progress:
+            try:
+                work(item)
+            except FATAL_ERRORS:
+                raise
+            except PER_IMAGE_ERRORS as error:
+                summary.failed += 1
+                record = _error_record(item, error)
+                summary.errors.append(record)
+                if verbose:
+                    progress.write(f"{desc}: failed on {record.get('path', record['image'])}: {record['error']}", file=sys.stderr)
+            else:
+                summary.done += 1
+    finally:
+        progress.close()
+        summary.seconds = time.perf_counter() - start
+    if out_dir is not None:
+        errors_path = out_dir / ERRORS_FILE
+        if summary.errors:
+            atomic_write_json(errors_path, summary.errors)
+            summary.errors_file = errors_path
+        elif errors_path.exists():
+            errors_path.unlink()
+    if verbose:
+        print(summary.line(desc), flush=True)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Images → features → decompositions
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageResult:
+    """What the engine produced for one item (``error`` set when it failed).
+
+    Attributes
+    ----------
+    item : Item
+        The item this result belongs to.
+    image : (H, W, 3) uint8 or None
+        The decoded image.
+    features : PatchFeatures or None
+        Its features (from the cache or the backbone; None when the decomposition came
+        from the cache, unless the engine keeps features).
+    decomposition : Decomposition or None
+        Its decomposition (None when the engine was asked for features only).
+    seconds : dict
+        Time spent per stage on this image (``features``, ``eigenvectors``); a stage read
+        from the cache is absent.
+    """
+
+    item: object
+    image: np.ndarray | None = None
+    features: PatchFeatures | None = None
+    decomposition: Decomposition | None = None
+    error: BaseException | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def check(self) -> "ImageResult":
+        """Return ``self``, or raise the error this image met."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class Engine:
+    """A loaded backbone plus the decomposition settings, applied to many images.
+
+    Parameters
+    ----------
+    backbone : deepspectral.Backbone
+    max_size : int or None
+        Longest side used for the features and the decomposition (None: no limit).
+    knn_lambda, n_eigenvectors, knn_kernel
+        As in :func:`deepspectral.decompose`.
+    decompose : bool, default True
+        Compute the decomposition (False: features only, e.g. for methods that cluster
+        the patches themselves).
+    keep_features : bool, default False
+        Also return the features of an image whose decomposition came from the cache
+        (otherwise ``features`` is None then).
+    store : Store, optional
+        Cache of features and decompositions.
+    batch_size : int, default 1
+        Images per backbone forward pass.
+    workers : int, default 1
+        Threads running the eigen-step; with 2 or more it overlaps the backbone's work on
+        the next batch.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        max_size: int | None = defaults.MAX_SIZE,
+        knn_lambda: float = defaults.KNN_LAMBDA,
+        n_eigenvectors: int = defaults.N_EIGENVECTORS,
+        knn_kernel: str = defaults.KNN_KERNEL,
+        decompose: bool = True,
+        keep_features: bool = False,
+        store: Store | None = None,
+        batch_size: int = defaults.BATCH_SIZE,
+        workers: int = defaults.WORKERS,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        if workers < 1:
+            raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
+        if knn_kernel not in defaults.KNN_KERNELS:
+            raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
+        if not np.isfinite(knn_lambda) or knn_lambda < 0:
+            raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
+        if isinstance(n_eigenvectors, bool) or not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 1:
+            raise ValueError(f"n_eigenvectors: expected an integer >= 1, got {n_eigenvectors!r}")
+        self.backbone = backbone
+        self.max_size = max_size
+        self.knn_lambda = float(knn_lambda)
+        self.n_eigenvectors = int(n_eigenvectors)
+        self.knn_kernel = knn_kernel
+        self.decompose = bool(decompose)
+        self.keep_features = bool(keep_features)
+        self.store = store
+        self.batch_size = int(batch_size)
+        self.workers = int(workers)
+        self._weights_id: str | None = None
+
+    # ------------------------------------------------------------------ settings
+    def feature_settings(self) -> dict:
+        """Every setting that changes the features (part of their cache key)."""
+        if self._weights_id is None:
+            weights = getattr(self.backbone, "weights", None)
+            self._weights_id = f"sha256:{file_digest(weights)}" if weights else "hub"
+        return {
+            "backbone": self.backbone.name,
+            "weights": self._weights_id,
+            "block": self.backbone.block,
+            "feature": self.backbone.feature,
+            "precision": self.backbone.precision,
+            "max_size": self.max_size,
+        }
+
+    def decomposition_settings(self) -> dict:
+        """Every setting that changes the decomposition (part of its cache key)."""
+        return {
+            **self.feature_settings(),
+            "knn_lambda": self.knn_lambda,
+            "n_eigenvectors": self.n_eigenvectors,
+            "knn_kernel": self.knn_kernel,
+        }
+
+    # ------------------------------------------------------------------ running
+    def process(
+        self,
+        items: Iterable,
+        work: Callable[[ImageResult], None],
+        *,
+        out_dir=None,
+        desc: str,
+        verbose: bool = True,
+    ) -> RunSummary:
+        """Run ``work(result)`` on the :class:`ImageResult` of every item, under
+        :func:`run_batch`'s error policy (an image whose decoding, features or
+        decomposition failed counts as failed without calling ``work``)."""
+        items = list(items)
+        results = self.run(items)
+        try:
+            # run() yields exactly one result per item, in order, as run_batch walks them
+            return run_batch(items, lambda item: work(next(results).check()), out_dir=out_dir, desc=desc, verbose=verbose)
+        finally:
+            results.close()
+
+    def run(self, items: Iterable) -> Iterator[ImageResult]:
+        """Yield one :class:`ImageResult` per item, in order."""
+        items = list(items)
+        pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+        pending: deque[tuple[ImageResult, Future | None]] = deque()
+        # with several eigen-steps at once, each gets one BLAS thread, for the whole run
+        # (see single_threaded_blas); alone, the eigensolver uses every core
+        blas = single_threaded_blas() if pool is not None else contextlib.nullcontext()
+        blas.__enter__()
+        try:
+            for start in range(0, len(items), self.batch_size):
+                chunk = [ImageResult(item) for item in items[start : start + self.batch_size]]
+                todo = []  # (result, features key, decomposition key) still to compute
+                for result in chunk:
+                    try:
+                        result.image = result.item.load_image()
+                        keys = self._keys(result.item)
+                        result.decomposition = self._cached_decomposition(keys[1], result.image)
+                        if result.decomposition is None or self.keep_features:
+                            todo.append((result, *keys))
+                    except PER_IMAGE_ERRORS as error:
+                        result.error = error
+                futures: dict[int, Future] = {}
+                for (result, _, eig_key), feats in zip(todo, self._features(todo)):
+                    if isinstance(feats, BaseException):
+                        result.error = feats
+                        continue
+                    result.features = feats
+                    if not self.decompose or result.decomposition is not None:
+                        continue
+                    if pool is None:
+                        self._decompose(result, eig_key)
+                    else:
+                        futures[id(result)] = pool.submit(self._decompose, result, eig_key)
+                pending.extend((result, futures.get(id(result))) for result in chunk)
+                # yield in order what is ready; the previous batch must be done before the
+                # backbone moves on, so at most two batches are in flight
+                while pending and (len(pending) > len(chunk) or _ready(pending[0][1])):
+                    yield _finish(*pending.popleft())
+            while pending:
+                yield _finish(*pending.popleft())
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            blas.__exit__(None, None, None)
+
+    def _keys(self, item) -> tuple[str | None, str | None]:
+        if self.store is None:
+            return None, None
+        content = item.cache_id()
+        return cache_key(content, self.feature_settings()), cache_key(content, self.decomposition_settings())
+
+    def _cached_decomposition(self, key: str | None, image: np.ndarray) -> Decomposition | None:
+        if self.store is None or not self.decompose:
+            return None
+        cached = self.store.load_decomposition(key)
+        if cached is not None and cached.image_size == tuple(image.shape[:2]):
+            return cached
+        return None
+
+    def _features(self, todo: list) -> list:
+        """Features for each entry of ``todo`` (from the cache, else extracted in one
+        batch); an exception object in place of the features of an image that failed."""
+        out: list = [None] * len(todo)
+        missing = []
+        for index, (result, feat_key, _) in enumerate(todo):
+            cached = self.store.load_features(feat_key) if self.store else None
+            if cached is not None and cached.image_size == tuple(result.image.shape[:2]):
+                out[index] = cached
+            else:
+                missing.append(index)
+        if not missing:
+            return out
+        images = [todo[i][0].image for i in missing]
+        start = time.perf_counter()
+        try:
+            extracted = self.backbone.extract_batch(images, max_size=self.max_size, batch_size=self.batch_size)
+        except (ValueError, RuntimeError, MemoryError):  # isolate the image that failed
+            extracted = []
+            for image in images:
+                try:
+                    extracted.append(self.backbone.extract(image, max_size=self.max_size))
+                except (ValueError, RuntimeError, MemoryError) as error:
+                    extracted.append(error)
+        seconds = (time.perf_counter() - start) / len(missing)
+        for index, feats in zip(missing, extracted):
+            result, feat_key, _ = todo[index]
+            if not isinstance(feats, BaseException):
+                result.seconds["features"] = seconds
+                if self.store is not None:
+                    try:
+                        self.store.save_features(feat_key, feats)
+                    except OSError as error:
+                        feats = error
+            out[index] = feats
+        return out
+
+    def _decompose(self, result: ImageResult, eig_key: str | None) -> None:
+        start = time.perf_counter()
+        try:
+            result.decomposition = decompose(
+                result.features,
+                result.image,
+                knn_lambda=self.knn_lambda,
+                n_eigenvectors=self.n_eigenvectors,
+                knn_kernel=self.knn_kernel,
+            )
+            result.seconds["eigenvectors"] = time.perf_counter() - start
+            if self.store is not None:
+                self.store.save_decomposition(eig_key, result.decomposition)
+        except PER_IMAGE_ERRORS as error:
+            result.error = error
+
+
+def _finish(result: ImageResult, future: Future | None) -> ImageResult:
+    if future is not None:
+        future.result()  # errors are stored on the result itself
+    return result
+
+
+def _ready(future: Future | None) -> bool:
+    return future is None or future.done()
+
+
+# ---------------------------------------------------------------------------------------
+# Cache helpers
+# ---------------------------------------------------------------------------------------
+
+
+def estimate_cache_bytes(
+    paths: list, *, patch_size: int, embed_dim: int, n_eigenvectors: int, max_size: int | None, sample: int = 32
+) -> int:
+    """Rough disk use of the cache for ``paths``: float32 features plus float32
+    eigenvectors per image, from the sizes of up to ``sample`` image headers."""
+    from PIL import Image
+
+    from .geometry import input_size_for, working_grid
+
+    if not paths:
+        return 0
+    step = max(1, len(paths) // sample)
+    per_image = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as handle:
+                width, height = handle.size
+        except (OSError, ValueError):
+            continue
+        h, w = input_size_for((height, width), max_size)
+        patches = (h // patch_size) * (w // patch_size)
+        grid = working_grid(((h // patch_size) * patch_size, (w // patch_size) * patch_size))
+        per_image.append(patches * embed_dim * 4 + n_eigenvectors * grid[0] * grid[1] * 4 + 2 * _ENTRY_OVERHEAD_BYTES)
+    return int(np.mean(per_image) * len(paths)) if per_image else 0
+
+
+def default_cache_dir(out_dir) -> Path:
+    """The cache folder used when none is given: ``OUT/.cache``."""
+    return Path(out_dir) / ".cache"
