@@ -31,7 +31,7 @@ COMMANDS = {
     "localize": ["localize", "--save-viz"],
     "segment": ["segment", "--save-viz"],
     "segment-nocrf": ["segment", "--no-crf"],
-    "matte": ["matte", "--layers", "3", "--color", "0", "128", "0"],
+    "matte": ["matte", "--layers", "3", "--color", "0,128,0"],
     "semseg-fit": ["semseg", "fit", "--clusters", "5", "--no-figure"],
 }
 
