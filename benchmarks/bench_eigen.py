@@ -29,8 +29,7 @@ from reference_recipe import reference_eigenvectors  # noqa: E402
 
 from deepspectral import Backbone, localize  # noqa: E402
 from deepspectral.backbones import save_random_weights  # noqa: E402
-from deepspectral.affinity import resize_bilinear  # noqa: E402
-from deepspectral.data.images import collect_inputs, load_image, resize_image  # noqa: E402
+from deepspectral.data.images import collect_inputs, load_image  # noqa: E402
 from deepspectral.spectral import (  # noqa: E402
     Decomposition,
     _workspace,
@@ -38,7 +37,6 @@ from deepspectral.spectral import (  # noqa: E402
     laplacian_eigenvectors,
     orient_eigenvectors,
     single_threaded_blas,
-    working_grid,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -85,10 +83,8 @@ def main() -> None:
         t2 = time.perf_counter()
         rows["decode"].append(t1 - t0)
         rows["features"].append(t2 - t1)
-        crop_h, crop_w = feats.crop_size
-        grid = working_grid((crop_h, crop_w))
-        small = resize_image(image, feats.input_size)[:crop_h, :crop_w]
-        image_small = resize_bilinear(small.astype(np.float32) / 255.0, grid)
+        grid = feats.geometry.grid_size
+        image_small = feats.geometry.grid_colours(image)
         reference = None
         if not args.skip_reference:
             r0 = time.perf_counter()

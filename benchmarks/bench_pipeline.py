@@ -24,7 +24,7 @@ import numpy as np
 from deepspectral import Backbone
 from deepspectral.backbones import save_random_weights
 from deepspectral.data.images import collect_inputs
-from deepspectral.pipeline import Pipeline
+from deepspectral.engine import Engine
 from deepspectral.tasks.localize import localize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -79,13 +79,13 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---|---:|")
     for config in args.configs:
         workers, batch = (int(v) for v in config.split(":"))
-        pipeline = Pipeline(backbone, batch_size=batch, workers=workers)
+        engine = Engine(backbone, batch_size=batch, workers=workers)
         # warm up (numba compile, allocator) outside the timing
-        for result in pipeline.run(items[:2]):
+        for result in engine.run(items[:2]):
             result.get()
         rss = []
         start = time.perf_counter()
-        for count, result in enumerate(pipeline.run(items), start=1):
+        for count, result in enumerate(engine.run(items), start=1):
             localize(result.get()[1])
             if count % args.every == 0:
                 rss.append(f"{rss_mb():.0f}")

@@ -12,7 +12,8 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
-from deepspectral.affinity import knn_affinity, resize_bilinear
+from deepspectral.affinity import knn_affinity
+from deepspectral.geometry import resize_bilinear
 
 
 def reference_eigenvectors(
