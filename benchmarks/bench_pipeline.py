@@ -82,11 +82,11 @@ def main() -> None:
         engine = Engine(backbone, batch_size=batch, workers=workers)
         # warm up (numba compile, allocator) outside the timing
         for result in engine.run(items[:2]):
-            result.get()
+            result.check()
         rss = []
         start = time.perf_counter()
         for count, result in enumerate(engine.run(items), start=1):
-            localize(result.get()[1])
+            localize(result.check().decomposition)
             if count % args.every == 0:
                 rss.append(f"{rss_mb():.0f}")
         seconds = time.perf_counter() - start
