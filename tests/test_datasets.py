@@ -264,6 +264,36 @@ def test_subset_limit_and_seed(tmp_path):
         ds.load_dataset("imagenet", root=tmp_path)
 
 
+def test_registry_covers_exactly_the_dataset_names(tmp_path):
+    assert tuple(ds.DATASET_REGISTRY) == ds.DATASETS and len(set(ds.DATASETS)) == len(ds.DATASETS)
+    assert ds.DATASETS == ds.LOCALIZATION_DATASETS + ds.SEGMENTATION_DATASETS
+    tasks = {name: entry.task for name, entry in ds.DATASET_REGISTRY.items()}
+    assert ds.LOCALIZATION_DATASETS == tuple(n for n, t in tasks.items() if t == "localization")
+    assert ds.SEGMENTATION_DATASETS == tuple(n for n, t in tasks.items() if t == "segmentation")
+    assert set(ds.LOCALIZATION_DATASETS) == {"voc07", "voc12", "coco20k", "coco-json"}
+    assert set(ds.SEGMENTATION_DATASETS) == {"ecssd", "duts-te", "dut-omron", "cub", "masks"}
+    with pytest.raises(ValueError) as error:
+        ds.load_dataset("nope", root=tmp_path)
+    message = str(error.value)
+    assert message.startswith("dataset:") and "'nope'" in message
+    assert all(name in message for name in ds.DATASETS)
+    for name, entry in ds.DATASET_REGISTRY.items():  # the first argument a dataset needs is named
+        with pytest.raises(ValueError, match=f"--{entry.required[0]}: required with --dataset {name}"):
+            ds.load_dataset(name)
+    with pytest.raises(ValueError, match="task"):
+        ds.DatasetEntry("detection", ds.load_cub, ("root",))
+
+
+def test_public_names_stay_importable_from_the_package():
+    # the names of the single-module datasets.py the commands and users import
+    names = (
+        "Sample Dataset DATASETS LOCALIZATION_DATASETS SEGMENTATION_DATASETS MASK_THRESHOLD CUB_CROP VOC_CLASSES "
+        "load_dataset load_voc_boxes load_voc_segmentation load_coco_boxes load_coco20k coco20k_filenames "
+        "load_mask_folder load_saliency load_cub find_voc_year read_mask read_label_map polygons_to_mask"
+    ).split()
+    assert set(names) <= set(ds.__all__) and all(hasattr(ds, n) for n in ds.__all__)
+
+
 # ---------------------------------------------------------------------------------------
 # Downloads
 # ---------------------------------------------------------------------------------------

@@ -255,10 +255,6 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _is_hidden(parts) -> bool:
-    return any(part.startswith(".") for part in parts)
-
-
 def _scan_folder(folder: Path) -> list[tuple[Path, PurePosixPath]]:
     """Image files under ``folder`` (recursive), sorted by relative path. Hidden files and
     folders (names starting with ``.``, e.g. macOS ``._x.jpg``) are skipped."""
