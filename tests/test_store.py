@@ -88,3 +88,16 @@ def test_npz_round_trip_keeps_every_field(tmp_path):
     back = load_decomposition(save_decomposition(tmp_path / "d.npz", dec))
     assert (back.image_size, back.input_size, back.crop_size, back.patch_size) == ((40, 50), (39, 49), (32, 48), 16)
     np.testing.assert_array_equal(back.eigenvalues, dec.eigenvalues)
+
+
+def test_image_digest_is_the_pixels():
+    from deepspectral.store import image_digest
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    assert image_digest(image) == image_digest(image.copy())
+    assert image_digest(image) == image_digest(np.asfortranarray(image))  # layout does not matter
+    changed = image.copy()
+    changed[5, 7, 2] ^= 1
+    assert image_digest(changed) != image_digest(image)
+    assert image_digest(image.reshape(8, 6, 3)) != image_digest(image)  # nor does a reshape collide

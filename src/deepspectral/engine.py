@@ -13,14 +13,14 @@ Every command that processes many images (``eigs``, ``localize``, ``segment``, `
   padding never changes a result); the eigen-step of one batch runs in ``workers``
   threads while the backbone works on the next (numpy / scipy / numba release the GIL);
   with a :class:`~deepspectral.store.Store`, features and decompositions are cached under
-  a key of the image content and every setting that changes them, so a killed run
+  a key of the decoded pixels and every setting that changes them, so a killed run
   resumes where it stopped and an ``eval`` reuses what ``localize`` cached.
 - :meth:`Engine.process` is the two together: ``work(result)`` is called for each
   result under :func:`run_batch`'s error policy.
 
-An item is anything with a ``name`` (for messages), ``load_image()`` (the decoded
-``(H, W, 3) uint8`` image) and ``cache_id()`` (identity of its content):
-:class:`deepspectral.data.images.InputImage` and the dataset samples are items.
+An item is anything with a ``name`` (for messages) and ``load_image()`` (the decoded
+``(H, W, 3) uint8`` image): :class:`deepspectral.data.images.InputImage` and the dataset
+samples (:class:`deepspectral.data.datasets.Sample`) are items.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
 from .files import atomic_write_json, file_digest
 from .spectral import Decomposition, decompose, single_threaded_blas
-from .store import Store, cache_key
+from .store import Store, cache_key, image_digest
 
 __all__ = [
     "Item",
@@ -66,8 +66,6 @@ class Item(Protocol):
     name: str
 
     def load_image(self) -> np.ndarray: ...
-
-    def cache_id(self) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------
@@ -364,7 +362,7 @@ class Engine:
                 for result in chunk:
                     try:
                         result.image = result.item.load_image()
-                        keys = self._keys(result.item)
+                        keys = self._keys(result.image)
                         result.decomposition = self._cached_decomposition(keys[1], result.image)
                         if result.decomposition is None or self.keep_features:
                             todo.append((result, *keys))
@@ -394,10 +392,10 @@ class Engine:
                 pool.shutdown(wait=True, cancel_futures=True)
             blas.__exit__(None, None, None)
 
-    def _keys(self, item) -> tuple[str | None, str | None]:
+    def _keys(self, image: np.ndarray) -> tuple[str | None, str | None]:
         if self.store is None:
             return None, None
-        content = item.cache_id()
+        content = image_digest(image)
         return cache_key(content, self.feature_settings()), cache_key(content, self.decomposition_settings())
 
     def _cached_decomposition(self, key: str | None, image: np.ndarray) -> Decomposition | None:

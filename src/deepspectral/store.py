@@ -10,7 +10,7 @@ decompositions of every image a run has seen (readable without this library: pla
                                   input_size, metadata (JSON: backbone, block, feature), cls
       eigs/<k[:2]>/<k>.npz        as written by save_decomposition
 
-``k`` is a SHA-256 key of the image *content* (:func:`cache_key`), every setting that
+``k`` is a SHA-256 key of the decoded pixels (:func:`image_digest`), every setting that
 changes the result and :data:`CACHE_FORMAT_VERSION`: change a setting and you get new
 entries, never a stale hit. Features are stored exactly (float32), so a result computed
 from the cache is the result computed without it. Every file is written to a temporary
@@ -35,12 +35,23 @@ __all__ = [
     "CACHE_FORMAT_VERSION",
     "Store",
     "cache_key",
+    "image_digest",
     "save_decomposition",
     "load_decomposition",
 ]
 
-#: Bump when the meaning or layout of cached files changes (2: features stored as float32).
+#: Bump when the meaning or layout of cached files changes (2: features stored as float32,
+#: keys of the decoded pixels).
 CACHE_FORMAT_VERSION = 2
+
+
+def image_digest(image: np.ndarray) -> str:
+    """Identity of a decoded image for cache keys: SHA-256 of its shape, dtype and pixels.
+    The same pixels give the same key whatever file, format or crop they came from."""
+    array = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{array.shape}{array.dtype.str}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def cache_key(content_id: str, settings: dict) -> str:

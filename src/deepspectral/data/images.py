@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import defaults
-from ..files import file_digest
 from ..geometry import as_rgb_array, input_size_for, resize_image  # TEMP re-export until every caller imports geometry
 
 __all__ = [
@@ -245,10 +244,6 @@ class InputImage:
     def load_image(self) -> np.ndarray:
         """The decoded image, ``(H, W, 3) uint8`` (see :func:`load_image`)."""
         return load_image(self.path)
-
-    def cache_id(self) -> str:
-        """Identity of the image's content for cache keys: the SHA-256 of the file."""
-        return file_digest(self.path)
 
 
 def _is_image_name(path: Path) -> bool:

@@ -83,6 +83,11 @@ class Sample:
     crop_xyxy: tuple[int, int, int, int] | None = None
     instances: tuple = field(default=(), repr=False)
 
+    @property
+    def name(self) -> str:
+        """How messages and ``errors.json`` name the sample (its ``image_id``)."""
+        return self.image_id
+
     def _crop(self, array: np.ndarray) -> np.ndarray:
         """``array`` (``(H, W, ...)``) cut to :attr:`crop_xyxy` (as is when there is none)."""
         if self.crop_xyxy is None:
