@@ -1,7 +1,7 @@
 """Every default of the library, written once.
 
-The values follow the paper (Melas-Kyriazi et al., CVPR 2022) and its supplement; see
-``DESIGN.md`` of the project for where each one comes from.
+The values follow the paper (Melas-Kyriazi et al., CVPR 2022) and its supplement; the
+comment on each says where it comes from, and ``docs/algorithm.md`` shows where each is used.
 """
 
 from __future__ import annotations
