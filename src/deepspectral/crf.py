@@ -25,7 +25,7 @@ import numpy as np
 
 from . import defaults
 
-__all__ = ["dense_crf", "unary_from_probabilities", "CRF_PROBABILITY_CLIP"]
+__all__ = ["dense_crf", "unary_from_probabilities", "check_crf_available", "CRF_PROBABILITY_CLIP"]
 
 #: Probabilities are clipped to [CLIP, 1 - CLIP] before ``-log`` (SimpleCRF's constant,
 #: the one behind the paper's numbers).
@@ -35,6 +35,15 @@ _INSTALL_HINT = (
     'the dense CRF needs pydensecrf: pip install "deepspectral[crf]" '
     "(or pass crf=False in Python / --no-crf on the command line)"
 )
+
+
+def check_crf_available() -> None:
+    """Raise ``ImportError`` (naming the pip extra) when pydensecrf is not installed,
+    without importing it: lets a command refuse before it processes any image."""
+    import importlib.util
+
+    if importlib.util.find_spec("pydensecrf") is None:
+        raise ImportError(_INSTALL_HINT)
 
 
 def unary_from_probabilities(probabilities: np.ndarray, *, clip: float = CRF_PROBABILITY_CLIP) -> np.ndarray:

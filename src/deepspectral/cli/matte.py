@@ -14,10 +14,21 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
-from ..cli import number_type
+from .common import UsageError, batch_status
+from .options import (
+    add_backbone,
+    add_decomposition,
+    add_engine,
+    add_inputs,
+    backbone_from_args,
+    check_weights_and_out,
+    engine_from_args,
+    inputs_from_args,
+    number_type,
+    output_path,
+)
 
 __all__ = ["register", "run", "parse_color"]
 
@@ -29,9 +40,6 @@ LAYER_SUFFIX = ".layer{index}.png"
 
 #: The ``--mode`` choices (the same as ``deepspectral.tasks.matting.MATTING_MODES``).
 MODE_CHOICES = ("fast", "full")
-
-EXIT_USAGE = 2
-EXIT_FAILED_IMAGES = 1
 
 
 def parse_color(text: str) -> tuple[int, int, int]:
@@ -51,13 +59,12 @@ def parse_color(text: str) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
-def register(commands, common, formatter) -> None:
-    """Add the ``matte`` command to the CLI's subparsers (see ``cli.COMMAND_MODULES``)."""
+def register(commands, formatter) -> None:
+    """Add the ``matte`` command (see :data:`deepspectral.cli.COMMAND_MODULES`)."""
     # literal copies of tasks.matting.MATTING_MODES (checked by the tests): importing the
     # task module here would load scipy on every `deepspectral --help`
     parser = commands.add_parser(
         "matte",
-        parents=[common],
         formatter_class=formatter,
         help="soft alpha mattes, RGBA cut-outs, soft layers and composites (paper Sec. 4.4)",
         description="Per image, at the original size (EXIF orientation applied): OUT/<name>.alpha.png "
@@ -66,6 +73,10 @@ def register(commands, common, formatter) -> None:
         "to 1, so adding them up rebuilds the image); with --background / --color also "
         "OUT/<name>.composite.png.",
     )
+    add_inputs(parser)
+    add_backbone(parser)
+    add_decomposition(parser)
+    add_engine(parser)
     group = parser.add_argument_group("matting")
     group.add_argument(
         "--mode",
@@ -109,66 +120,58 @@ def register(commands, common, formatter) -> None:
     parser.set_defaults(run=run)
 
 
-def _error(message: str) -> None:
-    print(f"deepspectral: error: {message}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``deepspectral matte`` on parsed arguments; returns the exit status."""
-    from ..cli import check_weights_and_out
-
-    check_weights_and_out(args)  # UsageError: reported by cli.main
-    if args.n_eigenvectors < 2:
-        _error(f"--n-eigenvectors: matting needs at least 2, got {args.n_eigenvectors}")
-        return EXIT_USAGE
-
-    from ..data.images import ImageLoadError, load_image
-
+    check_weights_and_out(args)
     background = None
     if args.background is not None:
+        from ..data.images import ImageLoadError, load_image
+
         try:
             background = load_image(args.background)
         except (ImageLoadError, OSError, ValueError) as error:
-            _error(f"--background: {error}")
-            return EXIT_USAGE
+            raise UsageError(f"--background: {error}") from None
     elif args.color is not None:
         background = tuple(args.color)
-    from ..cli import backbone_from_args, inputs_from_args, run_images
+    inputs = inputs_from_args(args)
 
-    inputs = inputs_from_args(args)  # UsageError: reported by cli.main
-    backbone = backbone_from_args(args)
+    import numpy as np
 
-    from ..runner import save_png_atomic
-    from ..tasks.matting import GUIDED_RADIUS, MATTING_MODE, composite, cutout_rgba, matte
+    from ..files import save_png_atomic
+    from ..tasks.matting import GUIDED_RADIUS, LOBPCG_GUARD, MATTING_MODE, composite, cutout_rgba, matte
 
-    max_size = args.max_size or None
+    mode = args.mode or MATTING_MODE
+    n_eigenvectors = max(args.n_eigenvectors, (args.layers or 0) + 2)
+    # in full mode the grid eigenvectors start LOBPCG: guard vectors included
+    grid_eigenvectors = n_eigenvectors + (LOBPCG_GUARD if mode == "full" else 0)
+    engine = engine_from_args(
+        args, backbone_from_args(args), paths=[item.path for item in inputs], n_eigenvectors=grid_eigenvectors,
+        keep_features=True,
+    )  # fmt: skip
 
-    def output(item, suffix: str) -> Path:
-        return args.out.joinpath(*item.relative.parts[:-1], item.relative.name + suffix)
-
-    def process(item) -> None:
-        image = load_image(item.path)
-        result = matte(
+    def work(result) -> None:
+        image = result.image
+        found = matte(
             image,
-            backbone=backbone,
-            max_size=max_size,
-            mode=args.mode or MATTING_MODE,
+            features=result.features,
+            decomposition=result.decomposition,
+            mode=mode,
             n_layers=args.layers,
             knn_lambda=args.knn_lambda,
-            n_eigenvectors=max(args.n_eigenvectors, (args.layers or 0) + 2),
+            n_eigenvectors=n_eigenvectors,
             radius=GUIDED_RADIUS if args.radius is None else args.radius,
             seed=args.seed,
         )
-        import numpy as np
-
-        alpha8 = np.round(np.clip(result.alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
-        save_png_atomic(output(item, ALPHA_SUFFIX), alpha8)
-        save_png_atomic(output(item, CUTOUT_SUFFIX), cutout_rgba(image, result.alpha, decontaminate=args.decontaminate))
-        if result.layers is not None:  # the image's own colours: the layers add up to it
-            for index, layer in enumerate(result.layers):
-                save_png_atomic(output(item, LAYER_SUFFIX.format(index=index)), cutout_rgba(image, layer, decontaminate=False))
+        alpha8 = np.round(np.clip(found.alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+        save_png_atomic(output_path(args.out, result.item, ALPHA_SUFFIX), alpha8)
+        cutout = cutout_rgba(image, found.alpha, decontaminate=args.decontaminate)
+        save_png_atomic(output_path(args.out, result.item, CUTOUT_SUFFIX), cutout)
+        if found.layers is not None:  # the image's own colours: the layers add up to it
+            for index, layer in enumerate(found.layers):
+                layer_rgba = cutout_rgba(image, layer, decontaminate=False)
+                save_png_atomic(output_path(args.out, result.item, LAYER_SUFFIX.format(index=index)), layer_rgba)
         if background is not None:
-            composited = composite(image, result.alpha, background, decontaminate=args.decontaminate)
-            save_png_atomic(output(item, COMPOSITE_SUFFIX), composited)
+            composited = composite(image, found.alpha, background, decontaminate=args.decontaminate)
+            save_png_atomic(output_path(args.out, result.item, COMPOSITE_SUFFIX), composited)
 
-    return run_images(inputs, process, out_dir=args.out, desc="matte", quiet=args.quiet)
+    return batch_status(lambda: engine.process(inputs, work, out_dir=args.out, desc="matte", verbose=not args.quiet))

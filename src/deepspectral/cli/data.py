@@ -7,13 +7,14 @@ layout the ``eval`` loaders read.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report_error
 
 __all__ = ["register"]
 
 
-def register(commands, common, formatter) -> None:
+def register(commands, formatter) -> None:
     """Add ``deepspectral data {download,list}``."""
     from ..data.download import DOWNLOADS
 
@@ -40,14 +41,14 @@ def _run_download(args) -> int:
     try:
         paths = download_dataset(args.name, args.root, mirror=args.mirror, extract=args.extract, progress=not args.quiet)
     except (DownloadError, OSError, ValueError) as error:
-        print(f"deepspectral: error: {error}", file=sys.stderr)
-        return 1
+        report_error(str(error))
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        print("deepspectral: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        report_error("interrupted; run the same command again to resume")
+        return EXIT_INTERRUPTED
     if not args.quiet:
         print(f"{args.name}: {len(paths)} archive(s) ready in {args.root}")
-    return 0
+    return EXIT_OK
 
 
 def _run_list(args) -> int:
@@ -56,4 +57,4 @@ def _run_list(args) -> int:
     for name, archives in sorted(DOWNLOADS.items()):
         for archive in archives:
             print(f"{name:10s} {archive.url}  md5={archive.md5 or '-'}")
-    return 0
+    return EXIT_OK

@@ -1,0 +1,267 @@
+"""The options commands share, validated once, and the objects built from them.
+
+Each command adds the option groups it uses (:func:`add_inputs`, :func:`add_backbone`,
+:func:`add_decomposition`, :func:`add_engine`), so ``--help`` shows only options that
+change what it does; :func:`backbone_from_args`, :func:`inputs_from_args` and
+:func:`engine_from_args` turn them into a backbone, the input items and the engine.
+Only ``argparse`` and the defaults are imported at module level (``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+from .. import defaults
+from .common import UsageError
+
+__all__ = [
+    "number_type",
+    "positive_int",
+    "non_negative_int",
+    "non_negative_float",
+    "device_type",
+    "add_inputs",
+    "add_backbone",
+    "add_decomposition",
+    "add_engine",
+    "check_weights_and_out",
+    "backbone_from_args",
+    "inputs_from_args",
+    "engine_from_args",
+    "output_path",
+]
+
+
+def number_type(kind: type = int, minimum: float = 0):
+    """An argparse ``type``: a finite ``int`` or ``float`` at least ``minimum``, with a
+    clear message otherwise."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {noun} >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} >= {minimum}"  # how argparse names it in errors
+    return parse
+
+
+positive_int = number_type(int, 1)
+non_negative_int = number_type(int, 0)
+non_negative_float = number_type(float, 0)
+
+
+def device_type(text: str) -> str:
+    """An argparse ``type``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# Option groups
+# ---------------------------------------------------------------------------------------
+
+
+def add_inputs(parser: argparse.ArgumentParser) -> None:
+    """``INPUT...``, ``-o/--out``, ``-q/--quiet``."""
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) and .txt files listing paths (one a line)",
+    )
+    io.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
+    io.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
+
+
+def add_device(group) -> None:
+    """``--device``."""
+    group.add_argument(
+        "--device",
+        type=device_type,
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the backbone runs (auto: CUDA when available, else the CPU)",
+    )
+
+
+def add_backbone(parser: argparse.ArgumentParser) -> None:
+    """``--backbone``, ``--weights``, ``--device``, ``--block``, ``--feature``,
+    ``--precision``, ``--max-size``."""
+    from ..backbones import BACKBONES  # a registry of names: no torch imported
+
+    names = sorted(BACKBONES)
+    model = parser.add_argument_group("backbone")
+    model.add_argument(
+        "--backbone", choices=names, default=defaults.BACKBONE, metavar="NAME",
+        help="feature extractor, one of: " + ", ".join(names),
+    )  # fmt: skip
+    model.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="checkpoint file to load instead of downloading the pretrained weights "
+        "(a DINO .pth as published, or a timm / safetensors state dict); use it offline",
+    )
+    add_device(model)
+    model.add_argument("--block", type=int, default=defaults.BLOCK, help="transformer block the features come from")
+    model.add_argument("--feature", choices=defaults.FEATURE_KINDS, default=defaults.FEATURE, help="which features of that block")
+    model.add_argument(
+        "--precision",
+        choices=defaults.PRECISIONS,
+        default=defaults.PRECISION,
+        help="arithmetic of the backbone (fp16: CUDA only; mixed precision can move boxes slightly)",
+    )
+    model.add_argument(
+        "--max-size",
+        type=non_negative_int,
+        default=defaults.MAX_SIZE,
+        help="longest image side (pixels) used for the features and eigenvectors; larger images are "
+        "downscaled and results mapped back to the original pixels (0: no limit)",
+    )
+
+
+def add_decomposition(parser: argparse.ArgumentParser, *, n_eigenvectors: int = defaults.N_EIGENVECTORS) -> None:
+    """``--knn-lambda``, ``--n-eigenvectors`` (with this command's default)."""
+    spectral = parser.add_argument_group("spectral decomposition")
+    spectral.add_argument(
+        "--knn-lambda",
+        type=non_negative_float,
+        default=defaults.KNN_LAMBDA,
+        help="weight of the colour (KNN-matting) affinity; 0 uses the features only",
+    )
+    spectral.add_argument(
+        "--n-eigenvectors",
+        type=number_type(int, 2),
+        default=n_eigenvectors,
+        help="eigenvectors computed, the constant one included (at least 2: the tasks need the second)",
+    )
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size``, ``--workers``, ``--cache``, ``--no-cache``."""
+    speed = parser.add_argument_group("speed and caching")
+    speed.add_argument("--batch-size", type=positive_int, default=defaults.BATCH_SIZE, help="images per backbone forward pass")
+    speed.add_argument(
+        "--workers",
+        type=positive_int,
+        default=defaults.WORKERS,
+        help="threads for the eigen-step; 2 or more overlap it with the backbone's next batch",
+    )
+    speed.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache of features and eigenvectors, keyed by image content and settings; a rerun "
+        "resumes from it (default: OUT/.cache)",
+    )
+    speed.add_argument("--no-cache", action="store_true", help="compute everything, cache nothing")
+
+
+# ---------------------------------------------------------------------------------------
+# Objects built from the options
+# ---------------------------------------------------------------------------------------
+
+
+def check_weights_and_out(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` when ``--weights`` names no file or ``-o/--out`` exists
+    and is not a folder (either option may be absent or None)."""
+    weights = getattr(args, "weights", None)
+    if isinstance(weights, Path) and not weights.is_file():
+        raise UsageError(f"--weights: no such file: '{weights}'")
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"-o/--out: '{out}' exists and is not a folder")
+
+
+def backbone_from_args(args: argparse.Namespace):
+    """The :class:`~deepspectral.Backbone` the backbone options ask for; a failure to load
+    it (no weights offline, bad file, ...) is a :class:`UsageError`."""
+    from ..backbones import Backbone, WeightsUnavailableError
+
+    try:
+        return Backbone(
+            args.backbone,
+            weights=args.weights,
+            device=args.device,
+            block=args.block,
+            feature=args.feature,
+            precision=args.precision,
+        )
+    except WeightsUnavailableError as error:
+        raise UsageError(str(error)) from None
+    except (ImportError, ValueError, OSError, RuntimeError) as error:
+        raise UsageError(f"cannot load the backbone '{args.backbone}': {error}") from None
+
+
+def inputs_from_args(args: argparse.Namespace) -> list:
+    """The images named by ``args.inputs`` (see :func:`deepspectral.data.images.collect_inputs`);
+    a missing path is a :class:`UsageError`."""
+    from ..data.images import collect_inputs
+
+    try:
+        return collect_inputs(args.inputs)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def engine_from_args(
+    args: argparse.Namespace,
+    backbone,
+    *,
+    paths: list | None = None,
+    n_eigenvectors: int | None = None,
+    decompose: bool = True,
+    keep_features: bool = False,
+):
+    """The :class:`~deepspectral.engine.Engine` of the decomposition and engine options,
+    with its cache (``--cache``, default ``OUT/.cache``; none with ``--no-cache``). The
+    expected disk use of the cache for the image files ``paths`` is printed unless quiet."""
+    from ..engine import Engine, default_cache_dir, estimate_cache_bytes
+    from ..store import Store
+
+    n_eigenvectors = args.n_eigenvectors if n_eigenvectors is None else n_eigenvectors
+    store = None
+    if not args.no_cache:
+        cache_dir = args.cache or default_cache_dir(args.out)
+        try:
+            store = Store(cache_dir)
+        except OSError as error:
+            raise UsageError(f"--cache: cannot use '{cache_dir}' as the cache folder: {error}") from None
+        if not args.quiet and paths:
+            need = estimate_cache_bytes(
+                paths,
+                patch_size=backbone.patch_size,
+                embed_dim=backbone.embed_dim,
+                n_eigenvectors=n_eigenvectors,
+                max_size=args.max_size or None,
+            )
+            print(f"cache: {cache_dir} (up to about {need / 1e6:.0f} MB for {len(paths)} images)", file=sys.stderr)
+    return Engine(
+        backbone,
+        max_size=args.max_size or None,
+        knn_lambda=args.knn_lambda,
+        n_eigenvectors=n_eigenvectors,
+        decompose=decompose,
+        keep_features=keep_features,
+        store=store,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+
+
+def output_path(out_dir: Path, item, suffix: str) -> Path:
+    """``OUT/<the item's relative path><suffix>`` (output names keep input sub-folders)."""
+    return out_dir.joinpath(*item.relative.parts[:-1], item.relative.name + suffix)

@@ -1,1 +1,0 @@
-"""Command families of the ``deepspectral`` CLI beyond eigs / localize / segment."""
