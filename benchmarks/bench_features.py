@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from deepspectral import Backbone, decompose, localize
-from deepspectral.backbones import _prepare, save_random_weights
+from deepspectral.backbones import save_random_weights
+from deepspectral.backbones.extract import _prepare
 from deepspectral.data.images import collect_inputs, load_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -494,6 +494,69 @@ def test_offline_download_gives_clear_error(monkeypatch, tmp_path):
     assert "dino_deitsmall16_pretrain.pth" in message and "safetensors" in message
 
 
+def _hub_offline_state():
+    import os
+
+    import huggingface_hub.constants
+
+    return os.environ.get("HF_HUB_OFFLINE"), huggingface_hub.constants.HF_HUB_OFFLINE
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_cached_weights_do_not_switch_the_process_offline(monkeypatch, fails):
+    """Hub out of reach + weights in the cache: offline mode is on for that one model
+    creation only, and restored afterwards (also when the creation fails), so that later
+    hub calls of the process (e.g. the self-training's weights) are not forced offline."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from deepspectral.backbones import weights as weights_module
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights_module, "_hub_reachable", lambda *args, **kwargs: False)
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename, **kwargs: f"/cache/{repo_id}/{filename}"
+    )
+    real_create_model = timm.create_model
+    seen = []
+
+    def create_model(name, pretrained=False, **kwargs):
+        seen.append((name, pretrained, _hub_offline_state()))
+        if fails:
+            raise OSError("cached file is corrupt")
+        return real_create_model(name, pretrained=False, weight_init="skip", **kwargs)  # no download
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    before = _hub_offline_state()
+    assert before == (None, False)
+    if fails:
+        with pytest.raises(WeightsUnavailableError, match="could not be downloaded"):
+            Backbone("dino_vits16", weights=None, device="cpu")
+    else:
+        Backbone("dino_vits16", weights=None, device="cpu")
+    assert seen == [("vit_small_patch16_224.dino", True, ("1", True))]  # offline during the call
+    assert _hub_offline_state() == before  # ... and not after it
+
+
+def test_normalize_imagenet_is_the_selftrain_formula():
+    from deepspectral.backbones import normalize_imagenet
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    got = normalize_imagenet(images, "cpu")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    expected = (x - torch.tensor(defaults.IMAGENET_MEAN)[:, None, None]) / torch.tensor(defaults.IMAGENET_STD)[:, None, None]
+    assert got.shape == (2, 3, 5, 7) and got.dtype == torch.float32
+    assert torch.equal(got, expected)
+    # Non-contiguous / read-only input is fine.
+    view = images[:, ::-1]
+    view.flags.writeable = False
+    assert torch.equal(normalize_imagenet(view, "cpu"), normalize_imagenet(view.copy(), "cpu"))
+    for bad in (images[0], images.astype(np.float32), images[..., :2]):
+        with pytest.raises(ValueError, match="images"):
+            normalize_imagenet(bad, "cpu")
+
+
 def test_import_is_light():
     code = (
         "import sys, deepspectral.backbones as b; "

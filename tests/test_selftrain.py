@@ -105,6 +105,30 @@ def test_backbone_weights_file(tmp_path):
         TrainSettings(arch="vgg16")
 
 
+def test_backbone_weights_file_uses_the_one_reader(tmp_path):
+    """Files go through deepspectral.backbones.weights.read_state_dict: DINO containers,
+    torch.compile prefixes, unreadable files named in a ValueError."""
+    import timm
+
+    donor = timm.create_model("resnet10t", pretrained=False)
+    path = tmp_path / "dino.pth"
+    state = {f"module.backbone._orig_mod.{k}": v for k, v in donor.state_dict().items()}
+    state["module.dino_head.last_layer.weight"] = torch.zeros(4, 4)
+    torch.save({"teacher": state, "student": {}, "epoch": 3}, path)
+    model = build_model(3, arch="resnet10t", output_stride=16)
+    load_backbone_weights(model, str(path), arch="resnet10t")
+    loaded = model.backbone.state_dict()
+    assert loaded and all(not key.startswith("fc.") for key in loaded)
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, donor.state_dict()[key], rtol=0, atol=0)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        load_backbone_weights(model, str(junk), arch="resnet10t")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_backbone_weights(model, str(tmp_path / "missing.pth"), arch="resnet10t")
+
+
 def test_offline_errors_name_the_fix(monkeypatch):
     from deepspectral.backbones import WeightsUnavailableError
 

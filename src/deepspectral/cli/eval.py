@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..cli import number_type
+from .options import number_type
 
 __all__ = [
     "register",
@@ -583,13 +583,9 @@ def _add_run_arguments(parser) -> None:
     )  # fmt: skip
 
 
-def register(commands, common, formatter) -> None:
-    """Add ``deepspectral eval {localization,segmentation,semseg}`` and
-    ``deepspectral data {download,list}`` (see :mod:`deepspectral.commands.data`)."""
+def register(commands, formatter) -> None:
+    """Add ``deepspectral eval {localization,segmentation,semseg}``."""
     from ..data.datasets import LOCALIZATION_DATASETS, SEGMENTATION_DATASETS
-    from . import data as data_command
-
-    data_command.register(commands, common, formatter)
 
     evaluate = commands.add_parser(
         "eval", formatter_class=formatter, help="reproduce the paper's tables on a dataset",

@@ -33,8 +33,6 @@ from typing import Callable
 
 import numpy as np
 
-from .. import defaults
-
 __all__ = [
     "TrainSettings",
     "train",
@@ -200,22 +198,31 @@ def build_model(n_labels: int, *, arch: str = "resnet50", output_stride: int = 8
 def load_backbone_weights(model, weights: str | None, *, arch: str) -> None:
     """Load self-supervised weights into ``model.backbone``.
 
-    ``None`` downloads the DINO ResNet-50 (``resnet50`` only); ``"timm/<name>"`` or
-    ``"hf-hub:<repo>"`` loads a timm ResNet from the Hugging Face hub; a path loads a torchvision /
-    timm ResNet state dict (a checkpoint's ``state_dict`` / ``teacher`` / ``model`` entry is
-    unwrapped, ``module.`` / ``backbone.`` prefixes dropped, ``fc.*`` ignored); ``"random"``
-    keeps the random initialisation.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network of :func:`build_model`; its ``backbone`` is loaded in place.
+    weights : str or None
+        ``None`` downloads the DINO ResNet-50 (``resnet50`` only); ``"timm/<name>"`` or
+        ``"hf-hub:<repo>"`` loads a timm ResNet from the Hugging Face hub; a path loads a
+        torchvision / timm ResNet state dict through the one checkpoint reader
+        :func:`deepspectral.backbones.weights.read_state_dict` (containers such as
+        ``state_dict`` / ``teacher`` / ``model`` unwrapped, ``module.`` / ``backbone.`` /
+        ``encoder.`` prefixes stripped, ``fc.*`` / ``head.*`` dropped); ``"random"`` keeps the
+        random initialisation.
+    arch : str
+        One of :data:`ARCHS`.
 
     Raises
     ------
     WeightsUnavailableError
         The download failed (offline): the message says which file to pass.
     FileNotFoundError, ValueError
-        Missing file, or a state dict that does not fit the architecture.
+        Missing or unreadable file, or a state dict that does not fit the architecture.
     """
     import torch
 
-    from ..backbones import WeightsUnavailableError
+    from ..backbones.weights import WeightsUnavailableError, normalize_state_dict, read_state_dict
 
     if weights == "random":
         return
@@ -230,6 +237,8 @@ def load_backbone_weights(model, weights: str | None, *, arch: str) -> None:
                 f"download {DINO_RESNET50_URL} elsewhere and pass it with --weights FILE "
                 "(or --weights random to train from scratch)"
             ) from error
+        source = DINO_RESNET50_URL
+        cleaned = normalize_state_dict(state, source=source)
     elif isinstance(weights, str) and weights.startswith(HUB_PREFIXES):
         import timm
 
@@ -241,33 +250,17 @@ def load_backbone_weights(model, weights: str | None, *, arch: str) -> None:
                 f"could not get the weights '{weights}' from the Hugging Face hub "
                 f"({type(error).__name__}: {error}); pass a local file with --weights FILE"
             ) from error
-        state = donor.state_dict()
+        source = weights
+        cleaned = normalize_state_dict(donor.state_dict(), source=source)
     else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights: file '{path}' does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "teacher", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in ("module.", "backbone.", "encoder."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        if not key.startswith(("fc.", "head.")):
-            cleaned[key] = value
+        source = str(weights)
+        cleaned = read_state_dict(weights)
     target = model.backbone.state_dict()
     missing = sorted(set(target) - set(cleaned))
     shapes = sorted(k for k in set(target) & set(cleaned) if tuple(target[k].shape) != tuple(cleaned[k].shape))
     if missing or shapes:
         raise ValueError(
-            f"weights: the state dict does not fit a {arch}: {len(missing)} missing keys "
+            f"weights: the state dict of '{source}' does not fit a {arch}: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(shapes)} shape mismatches (e.g. {shapes[:3]})"
         )
     model.backbone.load_state_dict({k: cleaned[k] for k in target}, strict=True)
@@ -334,13 +327,11 @@ class _PseudoLabels:
 
 
 def _normalise(images: np.ndarray, device: str):
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 ImageNet-normalised tensor on ``device``."""
-    import torch
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 ImageNet-normalised tensor on ``device``
+    (:func:`deepspectral.backbones.extract.normalize_imagenet`, the backbones' normaliser)."""
+    from ..backbones.extract import normalize_imagenet
 
-    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(defaults.IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(defaults.IMAGENET_STD, device=device)[:, None, None]
-    return (x - mean) / std
+    return normalize_imagenet(images, device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -400,13 +391,13 @@ def train(
     from torch.nn import functional as F
     from tqdm.auto import tqdm
 
-    from ..backbones import _resolve_device
+    from ..backbones.extract import resolve_device
     from ..runner import atomic_write_json
 
     settings = settings if settings is not None else TrainSettings()
     run_dir = Path(run_dir)
     out = run_dir / MODEL_DIR
-    device = _resolve_device(device)
+    device = resolve_device(device)
     n_labels = _n_labels(run_dir)
     torch.manual_seed(settings.seed)
     model = build_model(n_labels, arch=settings.arch, output_stride=settings.output_stride)
@@ -520,14 +511,14 @@ def load_model(run_dir, *, device: str = "auto") -> SelfTrainedModel:
     """Load ``run_dir/selftrain/model.pt`` written by :func:`train`."""
     import torch
 
-    from ..backbones import _resolve_device
+    from ..backbones.extract import resolve_device
 
     path = Path(run_dir) / MODEL_DIR / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: no trained model at '{path}'; run `deepspectral semseg train` first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     settings = TrainSettings(**saved["settings"])
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model = build_model(saved["n_labels"], arch=settings.arch, output_stride=settings.output_stride)
     model.load_state_dict(saved["model"])
     model.to(device).eval()
