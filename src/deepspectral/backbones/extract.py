@@ -93,9 +93,6 @@ def resolve_device(device: Any) -> str:
     return device
 
 
-#: The former private name, still imported by code written before the package split.
-
-
 def _check_feature(feature: Any) -> str:
     """Validate ``feature`` (one of ``defaults.FEATURE_KINDS``) and return it."""
     if feature not in defaults.FEATURE_KINDS:
