@@ -86,6 +86,10 @@ def test_operator_kinds():
     np.testing.assert_allclose(dense.matmat(x[:, :1]), affinity @ x[:, :1], rtol=1e-5, atol=1e-5)
     product = affinity_operator(scipy.sparse.csr_matrix(affinity))
     np.testing.assert_array_equal(product.to_dense(), dense.to_dense())
+    binary = (affinity > 0.5).astype(np.int64)  # other dtypes are solved in float64
+    np.testing.assert_array_equal(
+        laplacian_eigenvectors(binary, 3)[0], laplacian_eigenvectors(binary.astype(np.float64), 3)[0]
+    )
     degree = affinity.sum(axis=1).astype(np.float64)
     np.testing.assert_allclose(dense.top_vector(degree), product.top_vector(degree), rtol=1e-12)
 

@@ -191,14 +191,16 @@ class DenseAffinity:
     Parameters
     ----------
     matrix : (N, N) float32 or float64
-        Symmetric, non-negative; made C-contiguous (not copied when it already is). Not
-        modified.
+        Symmetric, non-negative; made C-contiguous (not copied when it already is), other
+        dtypes converted to float64. Not modified.
     upper_only : bool, default False
         Only the upper triangle (``j >= i``) is valid (the lower one may hold anything).
     """
 
     def __init__(self, matrix: np.ndarray, *, upper_only: bool = False) -> None:
         matrix = np.ascontiguousarray(matrix)
+        if matrix.dtype not in (np.float32, np.float64):  # e.g. integer weights
+            matrix = matrix.astype(np.float64)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"affinity: expected a square (N, N) array, got shape {matrix.shape}")
         self.matrix = matrix
