@@ -107,7 +107,7 @@ def _target(args) -> None:
     """One size target: ``full`` on 500 x 375 or ``fast`` on 1 megapixel, random features."""
     warnings.simplefilter("ignore")
     from deepspectral.backbones import Backbone
-    from deepspectral.data.images import resize_image
+    from deepspectral.geometry import resize_image
     from deepspectral.tasks.matting import matte
 
     photo = _photos(Path(args.data), 0, 1)[0][1] if args.mode == "fast" else _photos(Path(args.data), 1, 0)[0][1]

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from oracle import iou, oracle_features, shared_data_dir  # noqa: E402
 
 from deepspectral.affinity import feature_affinity, knn_affinity  # noqa: E402
-from deepspectral.spectral import laplacian_eigenvectors  # noqa: E402
+from deepspectral.eigen import laplacian_eigenvectors  # noqa: E402
 from deepspectral.tasks import matting  # noqa: E402
 from deepspectral.tasks.matting import (  # noqa: E402
     Matte,

@@ -4,7 +4,8 @@
 (1/8 of the cropped image), then the smallest eigenpairs of the generalised problem
 ``(D - W) y = λ D y``. The solver works on ``M = D^-1/2 W D^-1/2`` (largest eigenvalues
 ``μ = 1 - λ``) with the known top eigenvector deflated, which returns the same eigenpairs
-as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)`` without a factorisation.
+as the reference's shift-invert ``eigsh(D - W, k, sigma=0, M=D)`` without a factorisation
+(the solver is :func:`deepspectral.eigen.laplacian_eigenvectors`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse
-import scipy.sparse.linalg
 
 from . import defaults
 from .affinity import add_symmetric_pairs, feature_affinity, knn_pairs
+from .eigen import laplacian_eigenvectors
 from .features import PatchFeatures
 from .geometry import ImageGeometry
 
@@ -28,20 +27,10 @@ __all__ = [
     "decompose",
     "affinity_matrix",
     "grid_affinity",
-    "laplacian_eigenvectors",
     "orient_eigenvectors",
     "coarse_mask",
     "ncut_sweep",
 ]
-
-#: Below this many nodes the dense ``eigh`` solver is used (it is then the fastest).
-_DENSE_SOLVER_MAX_NODES = 400
-#: Relative residual of the Lanczos eigenpairs: eigenvector error ≈ tol / eigengap, so
-#: 1e-5 keeps |cos| > 0.999 to the exact eigenvectors down to gaps of 1e-3 (checked
-#: against dense ``eigh`` in the tests and the reference recipe in the benchmark).
-_LANCZOS_TOL = 1e-5
-#: Largest grid on which dense ``eigh`` may serve as a last-resort fallback (seconds, not minutes).
-_DENSE_FALLBACK_MAX_NODES = 4000
 
 
 @dataclass(frozen=True)
@@ -256,107 +245,6 @@ def ncut_sweep(vector: np.ndarray, affinity) -> np.ndarray:
         return values > 0
     split = int(np.argmin(ncut))
     return (rank <= split).reshape(values.shape)
-
-
-def laplacian_eigenvectors(
-    affinity: np.ndarray, n_eigenvectors: int, *, upper_only: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest eigenpairs of ``(D - W) y = λ D y`` for a dense symmetric affinity ``W``.
-
-    Works on ``M = D^-1/2 W D^-1/2``, whose largest eigenvalues are ``μ = 1 - λ``. The top
-    eigenpair is known exactly (``μ = 1``, ``v ∝ D^1/2 1``) and is deflated to ``μ = -1``;
-    Lanczos (ARPACK) then finds the next ``K - 1`` from matrix-vector products only, each
-    reading one triangle of ``W`` (BLAS ``symv``). Small grids use dense ``eigh``.
-
-    Parameters
-    ----------
-    affinity : (N, N) float32
-        Symmetric, non-negative affinity, C-ordered. Not modified, except that with
-        ``upper_only`` the lower triangle may be filled in when dense ``eigh`` is used.
-    n_eigenvectors : int
-        K, the number of eigenpairs (the constant one included); capped at N.
-    upper_only : bool, default False
-        Only the upper triangle (``j >= i``) of ``affinity`` is valid.
-
-    Returns
-    -------
-    eigenvalues : (K,) float64, ascending, the first 0
-    eigenvectors : (K, N) float32, ``D``-orthonormal (``yᵀ D y = 1``), not yet oriented
-    """
-    n = affinity.shape[0]
-    k = min(int(n_eigenvectors), n)
-    affinity = np.ascontiguousarray(affinity)
-    degree = np.maximum(_symmetric_matvec(affinity, np.ones(n, affinity.dtype)).astype(np.float64), 1e-12)
-    inv_sqrt = 1.0 / np.sqrt(degree)
-    top = np.sqrt(degree / degree.sum())  # eigenvector of M for μ = 1, unit norm
-    values = np.ones(k, dtype=np.float64)
-    vectors = np.empty((k, n), dtype=np.float64)
-    vectors[0] = top
-    if k > 1:
-        values[1:], vectors[1:] = _deflated_top_eigenpairs(affinity, inv_sqrt, top, k - 1, upper_only)
-    eigenvalues = np.clip(1.0 - values, 0.0, 2.0)
-    eigenvalues[0] = 0.0
-    eigenvectors = (vectors * inv_sqrt[None, :]).astype(np.float32)
-    return eigenvalues, eigenvectors
-
-
-def _symmetric_matvec(matrix: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``matrix @ x`` for a symmetric C-ordered matrix, reading its upper triangle only
-    (BLAS ``symv`` on the copy-free Fortran-ordered transpose; about 3x faster than
-    ``gemv`` here)."""
-    from scipy.linalg import blas
-
-    if matrix.dtype == np.float32:
-        return blas.ssymv(1.0, matrix.T, x.astype(np.float32, copy=False), lower=1)
-    return blas.dsymv(1.0, matrix.T.astype(np.float64, copy=False), x.astype(np.float64, copy=False), lower=1)
-
-
-def _deflated_top_eigenpairs(
-    affinity: np.ndarray, inv_sqrt: np.ndarray, top: np.ndarray, k: int, upper_only: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``k`` eigenpairs ``(μ (k,), v (k, N))``, descending, of
-    ``M - 2 v₀ v₀ᵀ`` with ``M = D^-1/2 W D^-1/2``."""
-    n = affinity.shape[0]
-
-    def dense() -> tuple[np.ndarray, np.ndarray]:
-        matrix = (np.triu(affinity) if upper_only else affinity).astype(np.float64)
-        if upper_only:  # the lower triangle is undefined: rebuild it from the upper one
-            matrix += np.triu(matrix, 1).T
-        matrix *= inv_sqrt[:, None] * inv_sqrt[None, :]
-        matrix -= 2.0 * np.outer(top, top)
-        return scipy.linalg.eigh(matrix, subset_by_index=[n - k, n - 1])
-
-    if n <= _DENSE_SOLVER_MAX_NODES or k >= n - 1:
-        mu, v = dense()
-    else:
-        from scipy.linalg import blas  # the BLAS of symv and ARPACK (see feature_affinity)
-
-        dtype = affinity.dtype
-        scale = inv_sqrt.astype(dtype)
-        top_ = top.astype(dtype)
-        dot = blas.sdot if dtype == np.float32 else blas.ddot
-
-        def matvec(x: np.ndarray) -> np.ndarray:
-            x = x.reshape(-1).astype(dtype, copy=False)
-            return scale * _symmetric_matvec(affinity, scale * x) - (2.0 * float(dot(top_, x))) * top_
-
-        operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=matvec, dtype=dtype)
-        start = np.random.default_rng(0).standard_normal(n).astype(dtype)
-        try:
-            mu, v = scipy.sparse.linalg.eigsh(operator, k=k, which="LA", v0=start, tol=_LANCZOS_TOL)
-        except scipy.sparse.linalg.ArpackNoConvergence:
-            # rare (clustered spectra): a wider Krylov space, then dense eigh on small grids
-            try:
-                ncv = min(n - 1, max(6 * k + 1, 64))
-                mu, v = scipy.sparse.linalg.eigsh(
-                    operator, k=k, which="LA", v0=start, tol=1e-5, ncv=ncv, maxiter=50 * n
-                )
-            except scipy.sparse.linalg.ArpackNoConvergence as error:
-                if n > _DENSE_FALLBACK_MAX_NODES:
-                    raise RuntimeError(f"the eigensolver did not converge on a {n}-node grid") from error
-                mu, v = dense()
-    order = np.argsort(-mu)
-    return mu[order].astype(np.float64), v[:, order].T.astype(np.float64)
 
 
 def grid_affinity(
