@@ -19,6 +19,11 @@ __all__ = ["register"]
 
 EXIT_FAILED_IMAGES = 1
 EXIT_USAGE = 2
+#: Weight of the label colour in ``predict --save-viz`` overlays (the image keeps the rest):
+#: a choice by eye when the command was written, not a measured value. It is the same
+#: quantity as :func:`deepspectral.viz.overlay_mask`'s ``alpha`` (default 0.5, one mask,
+#: with an outline); kept at 0.55 so that the overlays stay byte-identical.
+OVERLAY_ALPHA = 0.55
 
 
 def _error(message: str) -> None:
@@ -136,7 +141,7 @@ def _run_fit(args: argparse.Namespace) -> int:
             seed=args.seed, expand_patches=args.expand, crop_size=args.crop_size, max_size=args.max_size or None,
             knn_lambda=args.knn_lambda, backbone=args.backbone,
             weights=None if args.weights is None else str(args.weights.resolve()),
-            block=args.block, feature=args.feature,
+            block=args.block, feature=args.feature, precision=args.precision,
         )
         inputs = collect_inputs(args.inputs)
     except ValueError as error:
@@ -154,7 +159,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from ..backbones import WeightsUnavailableError
     from ..tasks import selftrain
-    from ..tasks.semantic import IMAGES_FILE
+    from ..tasks.semantic.rundir import IMAGES_FILE, model_path
 
     if not (args.run_dir / IMAGES_FILE).is_file():
         _error(f"RUN: '{args.run_dir}' is not a fitted run (no {IMAGES_FILE}); run `deepspectral semseg fit` first")
@@ -179,17 +184,22 @@ def _run_train(args: argparse.Namespace) -> int:
         return 130
     if not args.quiet:
         print(f"semseg train: {len(losses)} steps, final loss {losses[-1]:.4f}; model in "
-              f"{args.run_dir / selftrain.MODEL_DIR / selftrain.MODEL_FILE}", flush=True)
+              f"{model_path(args.run_dir)}", flush=True)
     return 0
 
 
 def _overlay(image, labels):
+    """``(H, W, 3) uint8`` image with every labelled pixel (label > 0) blended with its
+    palette colour, weight :data:`OVERLAY_ALPHA` (values truncated to uint8)."""
     import numpy as np
 
-    from ..tasks.semantic import PALETTE
+    from ..tasks.semantic.rundir import PALETTE
 
+    # 1 - 0.55 is 0.44999999999999996 in floating point: rounded, the weight is the 0.45 the
+    # overlays were made with (truncation to uint8 differs on 1024 of 65536 values otherwise)
+    image_weight = round(1.0 - OVERLAY_ALPHA, 6)
     colours = PALETTE[labels].astype(np.float32)
-    blend = np.where(labels[..., None] > 0, 0.45 * image + 0.55 * colours, image.astype(np.float32))
+    blend = np.where(labels[..., None] > 0, image_weight * image + OVERLAY_ALPHA * colours, image.astype(np.float32))
     return blend.astype(np.uint8)
 
 
