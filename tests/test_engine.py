@@ -58,13 +58,13 @@ def test_cache_is_reused_and_changes_nothing(tmp_path, backbone):
     first = list(Engine(backbone, store=store).run(items))
     assert all("features" in r.seconds and "eigenvectors" in r.seconds for r in first)
     again = list(Engine(backbone, store=store, keep_features=True).run(items))
-    assert all(r.seconds == {} for r in again)  # everything from the cache
+    assert all(set(r.seconds) == {"load"} for r in again)  # everything else from the cache
     for a, b, c in zip(plain, first, again):
         np.testing.assert_array_equal(a.decomposition.eigenvectors, b.decomposition.eigenvectors)
         np.testing.assert_array_equal(a.decomposition.eigenvectors, c.decomposition.eigenvectors)
         np.testing.assert_array_equal(a.features.features, c.features.features)
     features_only = list(Engine(backbone, store=store, decompose=False).run(items))
-    assert all(r.decomposition is None and r.features is not None and r.seconds == {} for r in features_only)
+    assert all(r.decomposition is None and r.features is not None and set(r.seconds) == {"load"} for r in features_only)
 
 
 def test_bad_settings_are_refused(backbone):

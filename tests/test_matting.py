@@ -377,7 +377,7 @@ def weights_file(tmp_path_factory) -> Path:
 
 def test_cli_matte(weights_file, tmp_path):
     from deepspectral.cli import main
-    from deepspectral.commands.matte import MODE_CHOICES
+    from deepspectral.cli.matte import MODE_CHOICES
 
     assert MODE_CHOICES == matting.MATTING_MODES
     photos = tmp_path / "in"

@@ -12,18 +12,20 @@ from PIL import Image
 
 pytest.importorskip("sklearn")
 
-from deepspectral.data.images import InputImage, input_size_for, resize_image  # noqa: E402
+from deepspectral.data.images import InputImage  # noqa: E402
+from deepspectral.geometry import ImageGeometry, input_size_for, resize_image  # noqa: E402
 from deepspectral.features import PatchFeatures  # noqa: E402
 from deepspectral.tasks import semantic  # noqa: E402
 from deepspectral.tasks.semantic import (  # noqa: E402
     FeatureSource,
+    ImageSegments,
     SemanticSettings,
     assign_clusters,
     background_segment,
     cluster_features,
     eigengap_segments,
     fit,
-    grid_to_image,
+    label_grid,
     load_run,
     save_label_png,
 )
@@ -310,7 +312,7 @@ def test_cluster_features_streaming_matches_blobs():
 
 def test_grid_to_image_and_palette_png(tmp_path):
     grid = np.array([[0, 1], [2, 3]], dtype=np.uint8)
-    labels = grid_to_image(grid, crop_size=(16, 16), input_size=(18, 17), image_size=(36, 34))
+    labels = ImageGeometry((36, 34), (18, 17), 8).grid_to_image(grid)  # crop (16, 16)
     assert labels.shape == (36, 34)
     assert labels[0, 0] == 0 and labels[0, -1] == 1 and labels[-1, 0] == 2 and labels[-1, -1] == 3
     save_label_png(tmp_path / "x.png", labels)
@@ -325,6 +327,72 @@ def test_settings_validation():
     with pytest.raises(ValueError, match="background"):
         SemanticSettings(background="smallest")
     assert SemanticSettings.from_dict({"clusters": 5, "unknown": 1}).clusters == 5
+
+
+def test_precision_is_a_setting_and_part_of_the_segment_key():
+    assert SemanticSettings().precision == "fp32"
+    # segments computed in another arithmetic are other segments: never reused from the cache
+    assert SemanticSettings(precision="fp32").segment_key() != SemanticSettings(precision="bf16").segment_key()
+    with pytest.raises(ValueError, match="precision"):
+        SemanticSettings(precision="fp8")
+
+
+def test_load_run_rebuilds_the_backbone_in_the_recorded_precision(dataset, tmp_path, random_weights):
+    items, _ = dataset
+    run = tmp_path / "run"
+    settings = _settings(precision="bf16", backbone="dino_vits16", weights=str(random_weights))
+    fit(items[:3], run, source=OracleSource(), settings=settings, verbose=False, figure=False)
+    info = __import__("json").loads((run / "semseg.json").read_text())
+    assert info["settings"]["precision"] == "bf16"
+    loaded = load_run(run, device="cpu")
+    assert loaded.settings.precision == "bf16"
+    assert loaded.source.precision == "bf16"  # bf16 runs on the CPU (fp16 needs CUDA)
+
+
+def test_fit_refuses_a_source_in_another_precision(dataset, tmp_path):
+    class Bf16Oracle(OracleSource):
+        precision = "bf16"
+
+    items, _ = dataset
+    with pytest.raises(ValueError, match="precision"):
+        fit(items[:3], tmp_path / "run", source=Bf16Oracle(), settings=_settings(), verbose=False, figure=False)
+    fit(items[:3], tmp_path / "run", source=Bf16Oracle(), settings=_settings(precision="bf16"), verbose=False, figure=False)
+
+
+def test_label_grid_is_uint8_and_refuses_labels_past_254():
+    segments = ImageSegments(
+        segment_map=np.array([[0, 1], [2, 2]], dtype=np.int32), background=0,
+        segment_ids=np.array([1, 2], dtype=np.int32), features=np.zeros((2, 4), dtype=np.float32),
+        boxes_xyxy=np.zeros((2, 4), dtype=np.int32), geometry=ImageGeometry((16, 16), (16, 16), 8),
+    )
+    grid = label_grid(segments, np.array([253, 0]))
+    assert grid.dtype == np.uint8 and grid.tolist() == [[0, 254], [1, 1]]
+    # label 255 would be VOC's "void"; K <= 254 is what SemanticSettings allows
+    with pytest.raises(ValueError, match="clusters"):
+        label_grid(segments, np.array([254, 0]))
+    with pytest.raises(ValueError, match="clusters"):
+        label_grid(segments, np.array([0]))  # one cluster per segment
+
+
+def test_no_import_cycle_between_semantic_and_selftrain():
+    """The semantic package imports the self-training module only lazily (in predict, when a
+    trained model is used); self-training reads the run folder through ``rundir`` only."""
+    import ast
+    from pathlib import Path
+
+    import deepspectral.tasks.semantic as package
+
+    folder = Path(package.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level
+            if isinstance(node, ast.ImportFrom):
+                assert "selftrain" not in (node.module or "") and all("selftrain" not in a.name for a in node.names), path
+    rundir_tree = ast.parse((folder / "rundir.py").read_text(encoding="utf-8"))
+    assert not [n for n in ast.walk(rundir_tree) if isinstance(n, ast.ImportFrom) and n.level == 1], "rundir is a leaf"
+    selftrain = ast.parse((folder.parent / "selftrain.py").read_text(encoding="utf-8"))
+    targets = {n.module for n in ast.walk(selftrain) if isinstance(n, ast.ImportFrom) and n.level == 1 and (n.module or "").startswith("semantic")}
+    assert targets == {"semantic.rundir"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,10 +412,12 @@ def test_cli_fit_train_predict(tmp_path, dataset, random_weights):
         (photos / item.path.name).write_bytes(item.path.read_bytes())
     run, out = tmp_path / "run", tmp_path / "out"
     common = ["--weights", str(weights), "--device", "cpu", "-q"]
+    # bf16: the precision is recorded, and predict (same labels below) rebuilds the backbone in it
     assert main(["semseg", "fit", str(photos), "-o", str(run), "--clusters", "2", "--segments", "3",
-                 "--max-size", "64", "--crop-size", "32", *common]) == 0
+                 "--max-size", "64", "--crop-size", "32", "--precision", "bf16", *common]) == 0
     info = __import__("json").loads((run / "semseg.json").read_text())
     assert info["settings"]["eigenvectors"] == 15 and info["n_labels"] == 3
+    assert info["settings"]["precision"] == "bf16"
     assert main(["semseg", "predict", str(run), str(photos), "-o", str(out), "--save-viz", "--device", "cpu", "-q"]) == 0
     for item in items[:3]:
         np.testing.assert_array_equal(

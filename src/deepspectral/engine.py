@@ -222,8 +222,8 @@ class ImageResult:
     decomposition : Decomposition or None
         Its decomposition (None when the engine was asked for features only).
     seconds : dict
-        Time spent per stage on this image (``features``, ``eigenvectors``); a stage read
-        from the cache is absent.
+        Time spent per stage on this image (``load``, ``features``, ``eigenvectors``); a
+        stage read from the cache is absent.
     """
 
     item: object
@@ -246,6 +246,9 @@ class Engine:
     Parameters
     ----------
     backbone : deepspectral.Backbone
+        Or any source of features with ``extract(image, max_size=...)`` (and
+        ``extract_batch`` for ``batch_size > 1``; ``name``, ``weights``, ``block``,
+        ``feature``, ``precision`` with a ``store``).
     max_size : int or None
         Longest side used for the features and the decomposition (None: no limit).
     knn_lambda, n_eigenvectors, knn_kernel
@@ -361,7 +364,9 @@ class Engine:
                 todo = []  # (result, features key, decomposition key) still to compute
                 for result in chunk:
                     try:
+                        start = time.perf_counter()
                         result.image = result.item.load_image()
+                        result.seconds["load"] = time.perf_counter() - start
                         keys = self._keys(result.image)
                         result.decomposition = self._cached_decomposition(keys[1], result.image)
                         if result.decomposition is None or self.keep_features:
@@ -421,9 +426,13 @@ class Engine:
             return out
         images = [todo[i][0].image for i in missing]
         start = time.perf_counter()
-        try:
-            extracted = self.backbone.extract_batch(images, max_size=self.max_size, batch_size=self.batch_size)
-        except (ValueError, RuntimeError, MemoryError):  # isolate the image that failed
+        extracted = None
+        if len(images) > 1:
+            try:
+                extracted = self.backbone.extract_batch(images, max_size=self.max_size, batch_size=self.batch_size)
+            except (ValueError, RuntimeError, MemoryError):  # one image failed: isolate it below
+                extracted = None
+        if extracted is None:
             extracted = []
             for image in images:
                 try:

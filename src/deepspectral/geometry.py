@@ -344,12 +344,15 @@ class ImageGeometry:
         return rgb
 
     # ------------------------------------------------------------------ back to the original
-    def grid_boxes_to_input(self, boxes_grid: np.ndarray, *, expand: float = 0.0) -> np.ndarray:
-        """Boxes ``(n, 4)`` ``(x1, y1, x2, y2)`` in working-grid cells (x2, y2 exclusive) →
-        input pixels, grown by ``expand`` input pixels on every side, rounded, clipped to
-        the input image. Returns ``(n, 4) int64``."""
+    def grid_boxes_to_input(
+        self, boxes_grid: np.ndarray, *, expand: float = 0.0, grid_size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Boxes ``(n, 4)`` ``(x1, y1, x2, y2)`` in grid cells (x2, y2 exclusive) → input
+        pixels, grown by ``expand`` input pixels on every side, rounded, clipped to the
+        input image. ``grid_size``: the grid the cells belong to, covering the crop
+        (default: the working grid; e.g. :attr:`patch_grid`). Returns ``(n, 4) int64``."""
         boxes = np.asarray(boxes_grid, dtype=np.float64).reshape(-1, 4)
-        cell_y, cell_x = self.cell_size
+        cell_y, cell_x = self._cell(grid_size)
         scaled = boxes * np.array([cell_x, cell_y, cell_x, cell_y]) + np.array([-expand, -expand, expand, expand])
         return self._round_clip(scaled, self.input_size)
 
@@ -359,14 +362,20 @@ class ImageGeometry:
         scaled = np.asarray(boxes_input, dtype=np.float64).reshape(-1, 4) * np.array([scale_x, scale_y, scale_x, scale_y])
         return self._round_clip(scaled, self.image_size)
 
-    def grid_boxes_to_image(self, boxes_grid: np.ndarray) -> np.ndarray:
-        """Boxes ``(n, 4)`` in working-grid cells → original pixels, ``(n, 4) int64``: each
-        edge scaled by the cell size, then by the input-to-original scale, rounded, clipped."""
+    def grid_boxes_to_image(self, boxes_grid: np.ndarray, *, grid_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Boxes ``(n, 4)`` in grid cells → original pixels, ``(n, 4) int64``: each edge
+        scaled by the cell size, then by the input-to-original scale, rounded, clipped.
+        ``grid_size`` as in :meth:`grid_boxes_to_input`."""
         boxes = np.asarray(boxes_grid, dtype=np.float64).reshape(-1, 4)
-        cell_y, cell_x = self.cell_size
+        cell_y, cell_x = self._cell(grid_size)
         scale_y, scale_x = self.scale
         in_pixels = boxes * np.array([cell_x, cell_y, cell_x, cell_y])
         return self._round_clip(in_pixels * np.array([scale_x, scale_y, scale_x, scale_y]), self.image_size)
+
+    def _cell(self, grid_size: tuple[int, int] | None) -> tuple[float, float]:
+        if grid_size is None:
+            return self.cell_size
+        return (self.crop_size[0] / grid_size[0], self.crop_size[1] / grid_size[1])
 
     @staticmethod
     def _round_clip(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:

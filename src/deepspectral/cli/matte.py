@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..files import save_png_atomic
-    from ..tasks.matting import GUIDED_RADIUS, LOBPCG_GUARD, MATTING_MODE, composite, cutout_rgba, matte
+    from ..eigen import LOBPCG_GUARD
+    from ..tasks.matting import GUIDED_RADIUS, MATTING_MODE, composite, cutout_rgba, matte
 
     mode = args.mode or MATTING_MODE
     n_eigenvectors = max(args.n_eigenvectors, (args.layers or 0) + 2)

@@ -31,6 +31,7 @@ __all__ = [
     "check_weights_and_out",
     "backbone_from_args",
     "inputs_from_args",
+    "store_from_args",
     "engine_from_args",
     "output_path",
 ]
@@ -217,6 +218,31 @@ def inputs_from_args(args: argparse.Namespace) -> list:
         raise UsageError(str(error)) from None
 
 
+def store_from_args(args: argparse.Namespace, backbone, *, paths: list | None = None, n_eigenvectors: int | None = None):
+    """The cache of ``--cache`` / ``--no-cache`` (default ``OUT/.cache``), or None; its
+    expected disk use for the image files ``paths`` is printed unless quiet."""
+    from ..engine import default_cache_dir, estimate_cache_bytes
+    from ..store import Store
+
+    if args.no_cache:
+        return None
+    cache_dir = args.cache or default_cache_dir(args.out)
+    try:
+        store = Store(cache_dir)
+    except OSError as error:
+        raise UsageError(f"--cache: cannot use '{cache_dir}' as the cache folder: {error}") from None
+    if not args.quiet and paths:
+        need = estimate_cache_bytes(
+            paths,
+            patch_size=backbone.patch_size,
+            embed_dim=backbone.embed_dim,
+            n_eigenvectors=args.n_eigenvectors if n_eigenvectors is None else n_eigenvectors,
+            max_size=args.max_size or None,
+        )
+        print(f"cache: {cache_dir} (up to about {need / 1e6:.0f} MB for {len(paths)} images)", file=sys.stderr)
+    return store
+
+
 def engine_from_args(
     args: argparse.Namespace,
     backbone,
@@ -227,28 +253,10 @@ def engine_from_args(
     keep_features: bool = False,
 ):
     """The :class:`~deepspectral.engine.Engine` of the decomposition and engine options,
-    with its cache (``--cache``, default ``OUT/.cache``; none with ``--no-cache``). The
-    expected disk use of the cache for the image files ``paths`` is printed unless quiet."""
-    from ..engine import Engine, default_cache_dir, estimate_cache_bytes
-    from ..store import Store
+    with its cache (:func:`store_from_args`)."""
+    from ..engine import Engine
 
     n_eigenvectors = args.n_eigenvectors if n_eigenvectors is None else n_eigenvectors
-    store = None
-    if not args.no_cache:
-        cache_dir = args.cache or default_cache_dir(args.out)
-        try:
-            store = Store(cache_dir)
-        except OSError as error:
-            raise UsageError(f"--cache: cannot use '{cache_dir}' as the cache folder: {error}") from None
-        if not args.quiet and paths:
-            need = estimate_cache_bytes(
-                paths,
-                patch_size=backbone.patch_size,
-                embed_dim=backbone.embed_dim,
-                n_eigenvectors=n_eigenvectors,
-                max_size=args.max_size or None,
-            )
-            print(f"cache: {cache_dir} (up to about {need / 1e6:.0f} MB for {len(paths)} images)", file=sys.stderr)
     return Engine(
         backbone,
         max_size=args.max_size or None,
@@ -256,7 +264,7 @@ def engine_from_args(
         n_eigenvectors=n_eigenvectors,
         decompose=decompose,
         keep_features=keep_features,
-        store=store,
+        store=store_from_args(args, backbone, paths=paths, n_eigenvectors=n_eigenvectors),
         batch_size=args.batch_size,
         workers=args.workers,
     )

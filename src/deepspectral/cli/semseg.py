@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, batch_status, report_error
+from .common import EXIT_INTERRUPTED, EXIT_OK, UsageError, batch_status, report_error
 from .options import (
     add_backbone,
     add_decomposition,
@@ -23,6 +23,7 @@ from .options import (
     backbone_from_args,
     check_weights_and_out,
     device_type,
+    store_from_args,
     inputs_from_args,
     non_negative_int,
     output_path,
@@ -31,6 +32,11 @@ from .options import (
 
 __all__ = ["register"]
 
+#: Weight of the label colour in ``predict --save-viz`` overlays (the image keeps the rest):
+#: a choice by eye when the command was written, not a measured value. It is the same
+#: quantity as :func:`deepspectral.viz.overlay_mask`'s ``alpha`` (default 0.5, one mask,
+#: with an outline); kept at 0.55 so that the overlays stay byte-identical.
+OVERLAY_ALPHA = 0.55
 
 def register(commands, formatter) -> None:
     """Add the ``semseg`` command family (see :data:`deepspectral.cli.COMMAND_MODULES`)."""
@@ -131,45 +137,42 @@ def register(commands, formatter) -> None:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from ..cli import backbone_from_args, batch_status, check_weights_and_out
-    from ..data.images import collect_inputs
     from ..tasks import semantic
 
-    check_weights_and_out(args)  # UsageError: reported by cli.main
+    check_weights_and_out(args)
     try:
         settings = semantic.SemanticSettings(
             method=args.method, segments=args.segments, adaptive_segments=args.adaptive_segments,
-            eigenvectors=max(1, args.n_eigenvectors - 1), background=args.background, clusters=args.clusters,
+            eigenvectors=args.n_eigenvectors - 1, background=args.background, clusters=args.clusters,
             seed=args.seed, expand_patches=args.expand, crop_size=args.crop_size, max_size=args.max_size or None,
             knn_lambda=args.knn_lambda, backbone=args.backbone,
             weights=None if args.weights is None else str(args.weights.resolve()),
-            block=args.block, feature=args.feature,
-        )
-        inputs = collect_inputs(args.inputs)
+            block=args.block, feature=args.feature, precision=args.precision,
+        )  # fmt: skip
     except ValueError as error:
-        _error(str(error))
-        return EXIT_USAGE
-    source = backbone_from_args(args)  # UsageError: reported by cli.main
+        raise UsageError(str(error)) from None
+    inputs = inputs_from_args(args)
+    backbone = backbone_from_args(args)
+    # the cache of features and decompositions is the one the other commands use
+    store = store_from_args(args, backbone, paths=[item.path for item in inputs])
     return batch_status(
-        lambda: semantic.fit(inputs, args.out, source=source, settings=settings, verbose=not args.quiet, figure=args.figure),
-        also=(ValueError,),
-        interrupted="interrupted (rerun the same command to resume)",
-        report=_error,
+        lambda: semantic.fit(
+            inputs, args.out, source=backbone, settings=settings, store=store, batch_size=args.batch_size,
+            workers=args.workers, verbose=not args.quiet, figure=args.figure,
+        )
     )
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from ..backbones import WeightsUnavailableError
     from ..tasks import selftrain
-    from ..tasks.semantic import IMAGES_FILE
+    from ..tasks.semantic.rundir import IMAGES_FILE, model_path
 
     if not (args.run_dir / IMAGES_FILE).is_file():
-        _error(f"RUN: '{args.run_dir}' is not a fitted run (no {IMAGES_FILE}); run `deepspectral semseg fit` first")
-        return EXIT_USAGE
+        raise UsageError(f"RUN: '{args.run_dir}' is not a fitted run (no {IMAGES_FILE}); run `deepspectral semseg fit` first")
     hub = args.weights is not None and args.weights.startswith(selftrain.HUB_PREFIXES)
     if args.weights not in (None, "random") and not hub and not Path(args.weights).is_file():
-        _error(f"--weights: no such file: '{args.weights}' (or pass 'random', or a hub name timm/... / hf-hub:...)")
-        return EXIT_USAGE
+        raise UsageError(f"--weights: no such file: '{args.weights}' (or pass 'random', or a hub name timm/... / hf-hub:...)")
     try:
         settings = selftrain.TrainSettings(
             arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr, crop_size=args.crop_size,
@@ -179,35 +182,38 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         losses = selftrain.train(args.run_dir, settings=settings, device=args.device, verbose=not args.quiet)
     except (WeightsUnavailableError, ImportError, ValueError, FileNotFoundError) as error:
-        _error(str(error))
-        return EXIT_USAGE
+        raise UsageError(str(error)) from None
     except KeyboardInterrupt:
-        _error("interrupted (rerun the same command to resume from the last checkpoint)")
-        return 130
+        report_error("interrupted (rerun the same command to resume from the last checkpoint)")
+        return EXIT_INTERRUPTED
     if not args.quiet:
         print(f"semseg train: {len(losses)} steps, final loss {losses[-1]:.4f}; model in "
-              f"{args.run_dir / selftrain.MODEL_DIR / selftrain.MODEL_FILE}", flush=True)
-    return 0
+              f"{model_path(args.run_dir)}", flush=True)
+    return EXIT_OK
 
 
 def _overlay(image, labels):
+    """``(H, W, 3) uint8`` image with every labelled pixel (label > 0) blended with its
+    palette colour, weight :data:`OVERLAY_ALPHA` (values truncated to uint8)."""
     import numpy as np
 
-    from ..tasks.semantic import PALETTE
+    from ..tasks.semantic.rundir import PALETTE
 
+    # 1 - 0.55 is 0.44999999999999996 in floating point: rounded, the weight is the 0.45 the
+    # overlays were made with (truncation to uint8 differs on 1024 of 65536 values otherwise)
+    image_weight = round(1.0 - OVERLAY_ALPHA, 6)
     colours = PALETTE[labels].astype(np.float32)
-    blend = np.where(labels[..., None] > 0, 0.45 * image + 0.55 * colours, image.astype(np.float32))
+    blend = np.where(labels[..., None] > 0, image_weight * image + OVERLAY_ALPHA * colours, image.astype(np.float32))
     return blend.astype(np.uint8)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ..backbones import WeightsUnavailableError
-    from ..data.images import collect_inputs, load_image
-    from ..cli import check_weights_and_out, run_images
-    from ..runner import save_image_atomic
+    from ..engine import run_batch
+    from ..files import save_image_atomic
     from ..tasks import semantic
 
-    check_weights_and_out(args)  # UsageError: reported by cli.main
+    check_weights_and_out(args)
     try:
         run = semantic.load_run(args.run_dir, device=args.device, weights=args.weights, use=args.use)
         if args.backbone is not None and args.backbone != run.settings.backbone:
@@ -215,22 +221,17 @@ def _run_predict(args: argparse.Namespace) -> int:
                 f"--backbone: the run was fitted with '{run.settings.backbone}' (its centroids live in that "
                 f"feature space), got '{args.backbone}'"
             )
-        inputs = collect_inputs(args.inputs)
         if run.use == "clusters":
             run.source  # load the backbone now: a missing weights file is a usage error, not a per-image one
-    except WeightsUnavailableError as error:
-        _error(str(error))
-        return EXIT_USAGE
-    except (ImportError, ValueError, OSError, RuntimeError) as error:
-        _error(str(error))
-        return EXIT_USAGE
+    except (WeightsUnavailableError, ImportError, ValueError, OSError, RuntimeError) as error:
+        raise UsageError(str(error)) from None
+    inputs = inputs_from_args(args)
 
-    def process(item) -> None:
-        image = load_image(item.path)
+    def work(item) -> None:
+        image = item.load_image()
         labels = run.predict(image)
-        name = Path(*item.relative.parts)
-        semantic.save_label_png(args.out / name.with_name(name.name + ".png"), labels)
+        semantic.save_label_png(output_path(args.out, item, ".png"), labels)
         if args.save_viz:
-            save_image_atomic(args.out / name.with_name(name.name + ".overlay.jpg"), _overlay(image, labels), quality=90)
+            save_image_atomic(output_path(args.out, item, ".overlay.jpg"), _overlay(image, labels), quality=90)
 
-    return run_images(inputs, process, out_dir=args.out, desc="semseg predict", quiet=args.quiet)
+    return batch_status(lambda: run_batch(inputs, work, out_dir=args.out, desc="semseg predict", verbose=not args.quiet))

@@ -5,15 +5,16 @@ with an ASPP head (DeepLab v3) is trained on the label maps of a ``semseg fit`` 
 supplement's recipe: Adam, learning rate 1e-4 decayed linearly to 0 over 2,000 steps, batch
 144, random 224 x 224 crops and horizontal flips, cross-entropy (255 ignored)::
 
-    from deepspectral.tasks.selftrain import train, load_model
-    train("run/", steps=2000, batch_size=144, device="cuda")
+    from deepspectral.tasks.selftrain import TrainSettings, load_model, train
+    train("run/", settings=TrainSettings(steps=2000, batch_size=144), device="cuda")
     model = load_model("run/")
     labels = model.predict(image)          # (H, W) uint8, 0 = background, 1..K
 
-Files in the run folder: ``selftrain/checkpoint.pt`` (written atomically every
-``checkpoint_every`` steps; a new ``train`` call resumes from it), ``selftrain/model.pt``
-(the final weights and settings, what :func:`load_model` reads), ``selftrain/train.json``
-(settings and the loss of every step).
+Files in the run folder (names in :mod:`deepspectral.tasks.semantic.rundir`):
+``selftrain/checkpoint.pt`` (written atomically every ``checkpoint_every`` steps; a new
+``train`` call resumes from it), ``selftrain/model.pt`` (the final weights and settings,
+what :func:`load_model` reads), ``selftrain/train.json`` (settings and the loss of every
+step).
 
 Backbone weights: ``weights=None`` downloads the DINO ResNet-50 checkpoint (cached by
 torch.hub); offline, pass the file (``dino_resnet50_pretrain.pth`` as published, or any
@@ -23,15 +24,19 @@ torchvision / timm ResNet state dict); ``weights="random"`` trains from scratch.
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+from .semantic.rundir import CHECKPOINT_FILE, LOG_FILE, MODEL_DIR, MODEL_FILE, model_path, read_images, read_run_info
+
+if TYPE_CHECKING:  # torch is imported where it is used
+    import torch
 
 __all__ = [
     "TrainSettings",
@@ -41,6 +46,7 @@ __all__ = [
     "build_model",
     "ARCHS",
     "DINO_RESNET50_URL",
+    "HUB_PREFIXES",
 ]
 
 #: Backbone architectures: the paper's ResNet-50; ResNet-18 and the tiny ResNet-10-T for CPU trials and tests.
@@ -66,11 +72,6 @@ PREDICT_MAX_SIZE = 512
 #: ``hf-hub:owner/name``) load a timm ResNet's weights from there.
 HUB_PREFIXES = ("hf-hub:", "timm/")
 
-MODEL_DIR = "selftrain"
-CHECKPOINT_FILE = "checkpoint.pt"
-MODEL_FILE = "model.pt"
-LOG_FILE = "train.json"
-
 
 @dataclass
 class TrainSettings:
@@ -78,7 +79,7 @@ class TrainSettings:
 
     Attributes
     ----------
-    arch : {"resnet50", "resnet18"}
+    arch : {"resnet50", "resnet18", "resnet10t"}
     steps, batch_size : int
     lr : float
         Initial learning rate (linear decay to 0 at ``steps``).
@@ -129,15 +130,24 @@ class TrainSettings:
 # ---------------------------------------------------------------------------------------
 
 
-def _torch():
-    import torch
+def build_model(n_labels: int, *, arch: str = "resnet50", output_stride: int = 8) -> "torch.nn.Module":
+    """A dilated ResNet (timm) with a DeepLab v3 ASPP head.
 
-    return torch
+    Parameters
+    ----------
+    n_labels : int
+        Output classes (background + K clusters).
+    arch : {"resnet50", "resnet18", "resnet10t"}
+    output_stride : {8, 16, 32}
+        Stride of the backbone's last feature map (8: DeepLab's dilated ResNet).
 
-
-def build_model(n_labels: int, *, arch: str = "resnet50", output_stride: int = 8):
-    """A dilated ResNet (timm) with a DeepLab v3 ASPP head; ``forward(x) -> (B, n_labels, H, W)``
-    logits at the input resolution. Backbone weights are random (see :func:`load_backbone_weights`)."""
+    Returns
+    -------
+    torch.nn.Module
+        ``forward(x)``: ``(B, 3, H, W)`` float32 normalised images -> ``(B, n_labels, H, W)``
+        logits at the input resolution. Backbone weights are random (see
+        :func:`load_backbone_weights`).
+    """
     import timm
     import torch
     from torch import nn
@@ -276,8 +286,6 @@ class _PseudoLabels:
     of ``(seed, step)``."""
 
     def __init__(self, run_dir: Path, *, crop: int, seed: int, workers: int) -> None:
-        from .semantic import read_images
-
         self.run_dir = run_dir
         self.records = read_images(run_dir)
         if not self.records:
@@ -287,6 +295,7 @@ class _PseudoLabels:
         self.pool = ThreadPoolExecutor(max_workers=workers)
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``(H, W, 3) uint8`` and labels ``(H, W) uint8`` of record ``index``."""
         from PIL import Image
 
         from ..data.images import load_image
@@ -299,6 +308,8 @@ class _PseudoLabels:
         return image, labels
 
     def _sample(self, index: int, rng_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A random ``(c, c, 3) uint8`` crop of record ``index`` and its ``(c, c) uint8``
+        labels (padding: 0 pixels, ``IGNORE_LABEL`` labels), flipped half of the time."""
         rng = np.random.default_rng(rng_seed)
         image, labels = self._load(index)
         c = self.crop
@@ -316,6 +327,7 @@ class _PseudoLabels:
         return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
     def batch(self, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``step``: ``(size, c, c, 3) uint8`` images and ``(size, c, c) uint8`` labels."""
         rng = np.random.default_rng([self.seed, step])
         indices = rng.integers(0, len(self.records), size=size)
         seeds = rng.integers(0, 2**32, size=(size, 2))
@@ -323,11 +335,12 @@ class _PseudoLabels:
         return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples])
 
     def close(self) -> None:
+        """Stop the decoding threads."""
         self.pool.shutdown(wait=False)
 
 
-def _normalise(images: np.ndarray, device: str):
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 ImageNet-normalised tensor on ``device``
+def _normalise(images: np.ndarray, device: str) -> "torch.Tensor":
+    """``(B, H, W, 3) uint8`` -> ``(B, 3, H, W) float32`` ImageNet-normalised tensor on ``device``
     (:func:`deepspectral.backbones.extract.normalize_imagenet`, the backbones' normaliser)."""
     from ..backbones.extract import normalize_imagenet
 
@@ -340,6 +353,7 @@ def _normalise(images: np.ndarray, device: str):
 
 
 def _atomic_torch_save(path: Path, obj) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (a killed run leaves the old file)."""
     import torch
 
     from ..runner import atomic_write
@@ -350,10 +364,8 @@ def _atomic_torch_save(path: Path, obj) -> None:
 
 
 def _n_labels(run_dir: Path) -> int:
-    from .semantic import RUN_FILE
-
-    info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-    return int(info["n_labels"])
+    """Labels of the run's maps (background + K clusters), from ``semseg.json``."""
+    return int(read_run_info(run_dir)["n_labels"])
 
 
 def train(
@@ -481,16 +493,37 @@ def train(
 
 
 class SelfTrainedModel:
-    """The trained network of a run; :meth:`predict` gives label maps. Use :func:`load_model`."""
+    """The trained network of a run; :meth:`predict` gives label maps. Use :func:`load_model`.
 
-    def __init__(self, model, *, n_labels: int, device: str, max_size: int | None = PREDICT_MAX_SIZE) -> None:
+    Attributes
+    ----------
+    model : torch.nn.Module
+        From :func:`build_model`, in eval mode on ``device``.
+    n_labels : int
+    device : str
+    max_size : int or None
+        Longest side of the image the network sees (labels are resized back).
+    """
+
+    def __init__(self, model: "torch.nn.Module", *, n_labels: int, device: str,
+                 max_size: int | None = PREDICT_MAX_SIZE) -> None:
         self.model = model
         self.n_labels = n_labels
         self.device = device
         self.max_size = max_size
 
     def predict(self, image) -> np.ndarray:
-        """Label map ``(H, W) uint8`` of one image (0 = background, 1..K)."""
+        """Label map of one image.
+
+        Parameters
+        ----------
+        image : (H, W, 3) uint8 or PIL image
+
+        Returns
+        -------
+        (H, W) uint8
+            0 = background, 1..K.
+        """
         import torch
         from PIL import Image
 
@@ -508,12 +541,22 @@ class SelfTrainedModel:
 
 
 def load_model(run_dir, *, device: str = "auto") -> SelfTrainedModel:
-    """Load ``run_dir/selftrain/model.pt`` written by :func:`train`."""
+    """Load ``run_dir/selftrain/model.pt`` written by :func:`train`.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
+
+    Returns
+    -------
+    SelfTrainedModel
+    """
     import torch
 
     from ..backbones.extract import resolve_device
 
-    path = Path(run_dir) / MODEL_DIR / MODEL_FILE
+    path = model_path(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: no trained model at '{path}'; run `deepspectral semseg train` first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
