@@ -32,7 +32,19 @@ from ._version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunSummary
 
-__all__ = ["main", "build_parser", "backbone_from_args", "inputs_from_args", "run_images", "number_type", "UsageError"]
+__all__ = [
+    "main",
+    "build_parser",
+    "backbone_from_args",
+    "inputs_from_args",
+    "run_images",
+    "number_type",
+    "non_negative_float",
+    "positive_int",
+    "non_negative_int",
+    "device_type",
+    "UsageError",
+]
 
 #: Exit status when some images failed / on usage and setup errors (as argparse uses).
 EXIT_FAILED_IMAGES = 1
@@ -46,7 +58,12 @@ BOXES_FILE = "boxes.json"
 #: (``commands``: the subparsers, ``common``: the shared backbone/decomposition options
 #: parser to use as a parent) and must import nothing heavy at module level. A command
 #: that sets ``run=fn`` in its defaults is run as ``fn(args) -> exit status``.
-COMMAND_MODULES: tuple[str, ...] = ("deepspectral.commands.eval", "deepspectral.commands.matte", "deepspectral.commands.semseg")
+COMMAND_MODULES: tuple[str, ...] = (
+    "deepspectral.commands.data",
+    "deepspectral.commands.eval",
+    "deepspectral.commands.matte",
+    "deepspectral.commands.semseg",
+)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -83,12 +100,14 @@ def number_type(kind: type = int, minimum: float = 0):
     return parse
 
 
-_non_negative_float = number_type(float, 0)
-_positive_int = number_type(int, 1)
-_non_negative_int = number_type(int, 0)
+#: Validated argparse types shared by every command's options.
+non_negative_float = number_type(float, 0)
+positive_int = number_type(int, 1)
+non_negative_int = number_type(int, 0)
 
 
-def _device(text: str) -> str:
+def device_type(text: str) -> str:
+    """An argparse ``type``: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
     return text
@@ -124,7 +143,7 @@ def _common_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--device",
-        type=_device,
+        type=device_type,
         default="auto",
         metavar="{auto,cpu,cuda,cuda:N,mps}",
         help="where the backbone runs (auto: CUDA when available, else the CPU)",
@@ -139,7 +158,7 @@ def _common_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--max-size",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=defaults.MAX_SIZE,
         help="longest image side (pixels) used for the features and eigenvectors; larger images are "
         "downscaled and results mapped back to the original pixels (0: no limit)",
@@ -147,23 +166,23 @@ def _common_parser() -> argparse.ArgumentParser:
     spectral = common.add_argument_group("spectral decomposition")
     spectral.add_argument(
         "--knn-lambda",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=defaults.KNN_LAMBDA,
         help="weight of the colour (KNN-matting) affinity; 0 uses the features only",
     )
     spectral.add_argument(
         "--n-eigenvectors",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.N_EIGENVECTORS,
         help="eigenvectors computed, the constant one included",
     )
     speed = common.add_argument_group("speed and caching")
     speed.add_argument(
-        "--batch-size", type=_positive_int, default=defaults.BATCH_SIZE, help="images per backbone forward pass"
+        "--batch-size", type=positive_int, default=defaults.BATCH_SIZE, help="images per backbone forward pass"
     )
     speed.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.WORKERS,
         help="threads for the eigen-step; 2 or more overlap it with the backbone's next batch",
     )

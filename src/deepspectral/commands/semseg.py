@@ -27,7 +27,7 @@ def _error(message: str) -> None:
 
 def register(commands, common, formatter) -> None:
     """Add the ``semseg`` command family to the ``deepspectral`` subparsers."""
-    from ..cli import _common_parser, _device, _non_negative_int, _positive_int
+    from ..cli import _common_parser, device_type, non_negative_int, positive_int
     from ..tasks import semantic
 
     semseg = commands.add_parser(
@@ -55,20 +55,20 @@ def register(commands, common, formatter) -> None:
     group.add_argument("--method", choices=semantic.METHODS, default="spectral",
                        help="spectral: the paper's method; cluster-patch / cluster-seg: the baselines of Table 4 "
                        "(no background label; use --clusters 21 for VOC)")
-    group.add_argument("--clusters", type=_positive_int, default=semantic.CLUSTERS,
+    group.add_argument("--clusters", type=positive_int, default=semantic.CLUSTERS,
                        help="K of the dataset-level k-means (background is label 0, never a cluster); "
                        "more than the classes = over-clustering (evaluate with majority vote)")
-    group.add_argument("--segments", type=_positive_int, default=semantic.SEGMENTS,
+    group.add_argument("--segments", type=positive_int, default=semantic.SEGMENTS,
                        help="segments per image (k of the per-image k-means)")
     group.add_argument("--adaptive-segments", action="store_true",
                        help="per image, the number of segments at the largest eigengap (at most --segments)")
     group.add_argument("--background", choices=semantic.BACKGROUND_RULES, default="largest",
                        help="background segment: the largest (the paper) or the one touching the border most "
                        "(the reference code)")
-    group.add_argument("--seed", type=_non_negative_int, default=0, help="seeds every k-means")
-    group.add_argument("--crop-size", type=_non_negative_int, default=semantic.CROP_SIZE,
+    group.add_argument("--seed", type=non_negative_int, default=0, help="seeds every k-means")
+    group.add_argument("--crop-size", type=non_negative_int, default=semantic.CROP_SIZE,
                        help="segment crops are resized to this square before the backbone (0: as cropped)")
-    group.add_argument("--expand", type=_non_negative_int, default=semantic.BOX_EXPANSION_PATCHES,
+    group.add_argument("--expand", type=non_negative_int, default=semantic.BOX_EXPANSION_PATCHES,
                        help="patches added around each segment's box before cropping")
     group.add_argument("--no-figure", dest="figure", action="store_false", help="do not write clusters.jpg")
     # 16 = the constant eigenvector + the 15 the per-image k-means uses (supplement)
@@ -83,21 +83,21 @@ def register(commands, common, formatter) -> None:
         "RUN/selftrain/checkpoint.pt (atomically; rerunning resumes), model.pt and train.json.",
     )
     train.add_argument("run_dir", type=Path, metavar="RUN", help="folder written by `semseg fit`")
-    train.add_argument("--steps", type=_positive_int, default=2000)
-    train.add_argument("--batch-size", type=_positive_int, default=144)
+    train.add_argument("--steps", type=positive_int, default=2000)
+    train.add_argument("--batch-size", type=positive_int, default=144)
     train.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (linear decay to 0)")
-    train.add_argument("--crop-size", type=_positive_int, default=224, help="random square crops")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--crop-size", type=positive_int, default=224, help="random square crops")
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--arch", choices=("resnet50", "resnet18", "resnet10t"), default="resnet50",
                        help="backbone of the network (DINO weights exist for resnet50)")
     train.add_argument("--weights", default=None, metavar="FILE|random",
                        help="backbone weights: a ResNet state dict (e.g. dino_resnet50_pretrain.pth) for offline "
                        "use, a hub name (timm/<name> or hf-hub:<repo>), 'random' to train from scratch; default: download "
                        "the DINO ResNet-50")
-    train.add_argument("--device", type=_device, default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}")
+    train.add_argument("--device", type=device_type, default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}")
     train.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    train.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints")
-    train.add_argument("--workers", type=_positive_int, default=4, help="threads loading images")
+    train.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints")
+    train.add_argument("--workers", type=positive_int, default=4, help="threads loading images")
     train.add_argument("-q", "--quiet", action="store_true")
     train.set_defaults(run=_run_train)
 
@@ -117,7 +117,7 @@ def register(commands, common, formatter) -> None:
                          help="must match the backbone recorded by fit (default: the recorded one)")
     predict.add_argument("--weights", type=Path, default=None, metavar="FILE",
                          help="weights file of the recorded backbone (default: the one recorded by fit)")
-    predict.add_argument("--device", type=_device, default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}")
+    predict.add_argument("--device", type=device_type, default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}")
     predict.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.overlay.jpg")
     predict.add_argument("-q", "--quiet", action="store_true")
     predict.set_defaults(run=_run_predict)
