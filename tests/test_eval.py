@@ -215,6 +215,14 @@ def _fake_voc12(tmp_path: Path) -> Path:
     return voc
 
 
+def _replace_load_run(monkeypatch, load_run) -> None:
+    """``tasks.semantic.load_run`` replaced in the real module (the parser imports that
+    module for the ``semseg`` options, so a stand-in module would depend on test order)."""
+    from deepspectral.tasks import semantic
+
+    monkeypatch.setattr(semantic, "load_run", load_run)
+
+
 def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
     """``eval semseg`` through ``tasks.semantic.load_run`` (replaced here): a run whose
     clusters are a permutation of the classes scores mIoU 1 and reports the mapping."""
@@ -230,9 +238,7 @@ def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
 
     run = FakeRun()
     run.names = ["0", "1", "2"]
-    fake = types.ModuleType("deepspectral.tasks.semantic")
-    fake.load_run = lambda path, **options: run
-    monkeypatch.setitem(sys.modules, "deepspectral.tasks.semantic", fake)
+    _replace_load_run(monkeypatch, lambda path, **options: run)
     out = tmp_path / "out"
     (tmp_path / "run").mkdir()
     argv = ["eval", "semseg", "--dataset", "voc12", "--root", str(tmp_path), "--run", str(tmp_path / "run"),
@@ -258,9 +264,7 @@ def _semseg_with_method(tmp_path, monkeypatch, capsys, *, method: str, use: str)
         def predict(self, image):
             return np.zeros(image.shape[:2], np.uint8)
 
-    fake = types.ModuleType("deepspectral.tasks.semantic")
-    fake.load_run = lambda path, **options: FakeRun("model" if options["use"] == "model" else "clusters")
-    monkeypatch.setitem(sys.modules, "deepspectral.tasks.semantic", fake)
+    _replace_load_run(monkeypatch, lambda path, **options: FakeRun("model" if options["use"] == "model" else "clusters"))
     out = tmp_path / "out"
     (tmp_path / "run").mkdir()
     argv = ["eval", "semseg", "--dataset", "voc12", "--root", str(tmp_path), "--run", str(tmp_path / "run"),
