@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepspectral import evaluation as ev
 from deepspectral.cli import main
-from deepspectral.commands import eval as ev
 from deepspectral.data import datasets as ds
 from deepspectral.data.images import input_size_for
 from deepspectral.spectral import decompose
@@ -194,9 +194,9 @@ def test_score_masks_matches_brute_force(tmp_path):
     assert results["max_fbeta"] == pytest.approx(1.3 * p * r / (0.3 * p + r), rel=1e-6)
 
 
-def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
-    """``eval semseg`` through ``tasks.semantic.load_run`` (replaced here): a run whose
-    clusters are a permutation of the classes scores mIoU 1 and reports the mapping."""
+def _fake_voc12(tmp_path: Path) -> Path:
+    """Three VOC12 val label maps (classes 8, 9 or 10, and 15; a row of 255 = ignore) with
+    random images, in ``tmp_path/VOCdevkit/VOC2012``."""
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -212,6 +212,21 @@ def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
         image.save(voc / "SegmentationClass" / f"{i}.png")
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("0\n1\n2\n")
+    return voc
+
+
+def _replace_load_run(monkeypatch, load_run) -> None:
+    """``tasks.semantic.load_run`` replaced in the real module (the parser imports that
+    module for the ``semseg`` options, so a stand-in module would depend on test order)."""
+    from deepspectral.tasks import semantic
+
+    monkeypatch.setattr(semantic, "load_run", load_run)
+
+
+def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
+    """``eval semseg`` through ``tasks.semantic.load_run`` (replaced here): a run whose
+    clusters are a permutation of the classes scores mIoU 1 and reports the mapping."""
+    voc = _fake_voc12(tmp_path)
     permutation = {0: 0, 8: 3, 9: 1, 10: 2, 15: 4}
 
     class FakeRun:
@@ -223,9 +238,7 @@ def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
 
     run = FakeRun()
     run.names = ["0", "1", "2"]
-    fake = types.ModuleType("deepspectral.tasks.semantic")
-    fake.load_run = lambda path, **options: run
-    monkeypatch.setitem(sys.modules, "deepspectral.tasks.semantic", fake)
+    _replace_load_run(monkeypatch, lambda path, **options: run)
     out = tmp_path / "out"
     (tmp_path / "run").mkdir()
     argv = ["eval", "semseg", "--dataset", "voc12", "--root", str(tmp_path), "--run", str(tmp_path / "run"),
@@ -235,6 +248,64 @@ def test_semseg_with_a_fake_run(tmp_path, monkeypatch):
     assert results["miou"] == pytest.approx(1.0) and results["accuracy"] == pytest.approx(1.0)
     assert results["mapping"] == {str(v): k for k, v in permutation.items()}
     assert results["iou_per_class"]["cat"] == pytest.approx(1.0) and results["iou_per_class"]["dog"] is None
+
+
+def _semseg_with_method(tmp_path, monkeypatch, capsys, *, method: str, use: str) -> tuple[dict, str]:
+    """``eval semseg`` of a fake run made with ``semseg fit --method METHOD`` (predicting
+    all background): its results.json and what it printed."""
+    _fake_voc12(tmp_path)
+
+    class FakeRun:
+        settings = types.SimpleNamespace(method=method)
+
+        def __init__(self, use: str) -> None:
+            self.use = use
+
+        def predict(self, image):
+            return np.zeros(image.shape[:2], np.uint8)
+
+    _replace_load_run(monkeypatch, lambda path, **options: FakeRun("model" if options["use"] == "model" else "clusters"))
+    out = tmp_path / "out"
+    (tmp_path / "run").mkdir()
+    argv = ["eval", "semseg", "--dataset", "voc12", "--root", str(tmp_path), "--run", str(tmp_path / "run"),
+            "--use", use, "-o", str(out), "-q"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads((out / "results.json").read_text()), capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("method", "row", "value"), [("cluster-patch", "Cluster-Patch", 5.3), ("cluster-seg", "Cluster-Seg", 12.1)])
+def test_semseg_baseline_is_compared_with_its_own_row(tmp_path, monkeypatch, capsys, method, row, value):
+    """A run of a Table 4 baseline is printed beside that baseline's row, not the paper's
+    own method ("Ours w/o self-training", 30.8)."""
+    results, text = _semseg_with_method(tmp_path, monkeypatch, capsys, method=method, use="clusters")
+    assert results["settings"]["method"] == method
+    assert results["paper"]["table"] == "Table 4" and row in results["paper"]["note"]
+    assert results["paper"]["value"] == pytest.approx(value / 100)
+    miou_row = next(line.split() for line in text.splitlines() if line.startswith("miou"))
+    assert miou_row[2] == f"{value:.1f}"
+
+
+def test_semseg_without_a_paper_number(tmp_path, monkeypatch, capsys):
+    """A self-trained baseline: the paper has no such number, none is printed or stored."""
+    results, text = _semseg_with_method(tmp_path, monkeypatch, capsys, method="cluster-seg", use="model")
+    assert results["paper"] is None
+    miou_row = next(line.split() for line in text.splitlines() if line.startswith("miou"))
+    assert miou_row[2] == "-" and "Table" not in text
+
+
+def test_paper_number_of_semantic_methods():
+    from deepspectral.paper import paper_number
+
+    ours = paper_number("semantic", "voc12", backbone="", n_clusters=20)
+    assert (ours.value, ours.table) == (pytest.approx(0.308), "Table 4")
+    assert paper_number("semantic", "voc12", backbone="", self_training=True).value == pytest.approx(0.372)
+    assert paper_number("semantic", "voc12", backbone="", method="cluster-patch").value == pytest.approx(0.053)
+    assert paper_number("semantic", "voc12", backbone="", method="cluster-seg", n_clusters=20).value == pytest.approx(0.121)
+    assert paper_number("semantic", "voc12", backbone="", method="cluster-seg", self_training=True) is None
+    assert paper_number("semantic", "voc07", backbone="", method="cluster-patch") is None
+    with pytest.raises(ValueError, match="method"):
+        paper_number("semantic", "voc12", backbone="", method="kmeans")
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,3 +354,104 @@ def test_eval_arguments_are_checked(tmp_path, capsys):
     assert main(["eval", "localization", "--dataset", "masks", "--images", str(tmp_path)]) == 2
     assert "--masks" in capsys.readouterr().err
     assert main(["eval", "localization", "--dataset", "voc07", "--root", ".", "--sweep", "colour=1"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--knn-lambda", "-1"),
+        ("--n-eigenvectors", "0"),
+        ("--max-size", "-5"),
+        ("--device", "gpu"),
+        ("--figure-rows", "-1"),
+        ("--seed", "-1"),
+        ("--sweep", "knn_lambda=-1"),
+        ("--sweep", "knn_kernel=gauss"),
+    ],
+)
+def test_eval_options_are_validated(tmp_path, weights_file, capsys, option, value):
+    """Bad decomposition settings are refused by argparse (exit 2, the option named), not
+    run on every image (where each image failed and CorLoc 0.0 was printed)."""
+    images, masks = _mask_dataset(tmp_path / "data", n=2)
+    argv = ["eval", "localization", "--dataset", "masks", "--images", str(images), "--masks", str(masks),
+            "--weights", str(weights_file), "--device", "cpu", "--no-cache", "-q", "--limit", "2", option, value]  # fmt: skip
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert f"argument {option}" in captured.err and "corloc" not in captured.out
+
+
+def test_eval_semseg_options_are_validated(tmp_path, capsys):
+    for option, value in (("--device", "gpu"), ("--limit", "0"), ("--seed", "-1")):
+        argv = ["eval", "semseg", "--dataset", "voc12", "--root", str(tmp_path), "--run", str(tmp_path), option, value]
+        assert main(argv) == 2
+        assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_data_commands_are_registered_by_the_cli():
+    """``data`` is in the CLI's own list, not a side effect of registering ``eval``."""
+    import argparse
+
+    from deepspectral.cli import COMMAND_MODULES, build_parser
+    from deepspectral.cli import eval as eval_command
+
+    assert "deepspectral.cli.data" in COMMAND_MODULES
+    commands = argparse.ArgumentParser().add_subparsers()
+    eval_command.register(commands, argparse.HelpFormatter)
+    assert set(commands.choices) == {"eval"}
+    assert build_parser().parse_args(["data", "list"]).command == "data"
+
+
+# ---------------------------------------------------------------------------------------
+# Pictures
+# ---------------------------------------------------------------------------------------
+
+
+def _toy_decomposition(rng):
+    from deepspectral.spectral import Decomposition
+
+    return Decomposition(
+        eigenvalues=np.arange(3, dtype=np.float64),
+        eigenvectors=rng.standard_normal((3, 3, 4)).astype(np.float32),
+        image_size=(50, 70),
+        input_size=(50, 70),
+        crop_size=(48, 64),
+        patch_size=16,
+    )
+
+
+def test_figure_rows_draw_the_eigenvector_as_the_eigs_pictures_do():
+    """The eval figure's eigenvector panel is the ``eigs`` picture's panel: the grid over
+    the area it covers, the cropped strip grey (it used to be stretched over the image)."""
+    from deepspectral.viz import eigenvector_figure, localization_row, segmentation_row
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(50, 70, 3), dtype=np.uint8)
+    decomposition = _toy_decomposition(rng)
+    expected = eigenvector_figure(image, decomposition, n_eigenvectors=1)[:, -70:]
+    coarse = np.zeros((3, 4), bool)
+    coarse[1, 1:3] = True
+    mask = np.zeros((50, 70), bool)
+    mask[10:30, 20:50] = True
+    loc = localization_row(image, decomposition, [16, 16, 48, 32], np.array([[10.0, 10, 50, 40]]), True, coarse)
+    seg = segmentation_row(image, decomposition, mask, mask)
+    for row in (loc, seg):
+        assert len(row) == 4 and all(panel.shape == image.shape and panel.dtype == np.uint8 for panel in row)
+        np.testing.assert_array_equal(row[1], expected)
+        np.testing.assert_array_equal(row[1][48:], 128)  # the rows the grid does not cover
+    np.testing.assert_array_equal(loc[2][16, 30], [0, 200, 0])  # a correct box is green
+
+
+def test_picture_grid_and_histogram():
+    from deepspectral.viz import iou_histogram, picture_grid
+
+    a = np.zeros((20, 40, 3), np.uint8)
+    b = np.zeros((40, 40, 3), np.uint8)
+    grid = picture_grid([[a, b], [a]], row_height=10)
+    assert grid.dtype == np.uint8 and grid.shape == (10 + 4 + 10, 20 + 4 + 10, 3)
+    np.testing.assert_array_equal(grid[14:, 20:], 255)  # the short row padded with white
+    with pytest.raises(ValueError, match="rows"):
+        picture_grid([])
+    histogram = iou_histogram([0.0, 0.95, 0.97, None, float("nan")], bins=10, size=(100, 120))
+    assert histogram.shape == (100, 120, 3) and histogram.dtype == np.uint8
+    with pytest.raises(ValueError, match="bins"):
+        iou_histogram([0.5], bins=0)

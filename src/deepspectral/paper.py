@@ -15,9 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PaperNumber", "TABLES", "paper_number", "table_rows"]
+__all__ = ["PaperNumber", "TABLES", "paper_number"]
 
 _VIT_B = ("dino_vitb8", "dino_vitb16")
+#: Rows of Table 4 for the baselines, by their ``deepspectral semseg fit --method`` name
+#: (the paper's own method is ``spectral``).
+_TABLE4_BASELINES = {"cluster-patch": "Cluster-Patch", "cluster-seg": "Cluster-Seg"}
+_SEMANTIC_METHODS = ("spectral", *_TABLE4_BASELINES)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ def paper_number(
     block: int = -1,
     n_clusters: int | None = None,
     self_training: bool = False,
+    method: str = "spectral",
 ) -> PaperNumber | None:
     """The paper's number for the same task, dataset, backbone and setting, or ``None``.
 
@@ -159,6 +164,14 @@ def paper_number(
         K of semantic segmentation (Table 11).
     self_training : bool
         Semantic segmentation after the self-training step (Table 4, "Ours").
+    method : {"spectral", "cluster-patch", "cluster-seg"}
+        Semantic segmentation method: the paper's, or a baseline of Table 4 (which the
+        paper reports without self-training and for one K).
+
+    Returns
+    -------
+    PaperNumber or None
+        ``None`` where the paper has no number for this setting.
 
     Notes
     -----
@@ -168,6 +181,8 @@ def paper_number(
     """
     if task not in ("localization", "segmentation", "semantic"):
         raise ValueError(f"task: expected 'localization', 'segmentation' or 'semantic', got {task!r}")
+    if method not in _SEMANTIC_METHODS:
+        raise ValueError(f"method: expected one of {', '.join(_SEMANTIC_METHODS)}, got {method!r}")
     if task == "localization":
         last_block = block in (-1, 11)
         if dataset == "voc07" and backbone == "dino_vits16" and feature != "k" and last_block:
@@ -201,6 +216,11 @@ def paper_number(
         return None
     if dataset != "voc12":
         return None
+    if method in _TABLE4_BASELINES:
+        if self_training:  # the paper self-trains its own method only
+            return None
+        row = _TABLE4_BASELINES[method]
+        return _pct(TABLES["Table 4"]["rows"][row]["miou"], "Table 4", "miou", f"{row} baseline")
     if self_training:
         row = TABLES["Table 4"]["rows"]["Ours"]
         return _pct(row["miou"], "Table 4", "miou", "with self-training, mean of 4 seeds", std=row["std"])
@@ -209,9 +229,3 @@ def paper_number(
     row = TABLES["Table 4"]["rows"]["Ours w/o self-training"]
     return _pct(row["miou"], "Table 4", "miou", "no self-training, mean of 4 seeds", std=row["std"])
 
-
-def table_rows(name: str) -> list[tuple[str, dict]]:
-    """``(row, {column: value})`` of a stored table (values as printed in the paper)."""
-    if name not in TABLES:
-        raise ValueError(f"name: expected one of {', '.join(TABLES)}, got {name!r}")
-    return list(TABLES[name]["rows"].items())

@@ -1,4 +1,5 @@
-"""Pictures of what happened: eigenvectors as colour maps, boxes, mask overlays.
+"""Pictures of what happened: eigenvectors as colour maps, boxes, mask overlays, and the
+evaluation's figures (a grid of example rows, a histogram of per-image IoU).
 
 numpy in, ``uint8`` RGB arrays out; no plotting library needed.
 """
@@ -9,7 +10,17 @@ import numpy as np
 
 from .geometry import ImageGeometry, as_rgb_array, resize_image, resize_nearest
 
-__all__ = ["colormap", "eigenvector_figure", "draw_box", "overlay_mask"]
+__all__ = [
+    "colormap",
+    "eigenvector_figure",
+    "draw_box",
+    "overlay_mask",
+    "localization_row",
+    "segmentation_row",
+    "picture_grid",
+    "iou_histogram",
+    "FIGURE_ROW_HEIGHT",
+]
 
 # viridis sampled at 0, 0.1, ..., 1 (matplotlib's colour map, CC0); linear in between.
 _VIRIDIS = np.array(
@@ -23,6 +34,16 @@ _VIRIDIS = np.array(
 
 _GAP_COLOUR = 255
 _UNCOVERED_COLOUR = 128
+
+#: Height of one row of :func:`picture_grid`, pixels.
+FIGURE_ROW_HEIGHT = 160
+#: Gap between the panels and rows of :func:`picture_grid`, pixels.
+_GRID_GAP = 4
+# Colours of the evaluation pictures: a box judged correct / wrong, the ground truth, a
+# predicted mask (overlay_mask's default), the histogram's bars and its line at 0.5.
+_CORRECT, _WRONG, _GROUND_TRUTH = (0, 200, 0), (230, 0, 0), (40, 90, 255)
+_MASK_COLOUR = (255, 64, 64)
+_BAR_COLOUR, _THRESHOLD_COLOUR = (70, 110, 200), (230, 0, 0)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -183,4 +204,163 @@ def overlay_mask(image, mask, color=(255, 64, 64), *, alpha: float = 0.5, outlin
 
         edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
         canvas[edge] = colour.astype(np.uint8)
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation figures (deepspectral eval: OUT/figure.png, OUT/iou_histogram.png)
+# ---------------------------------------------------------------------------------------
+
+
+def _fiedler_panel(image: np.ndarray, decomposition) -> np.ndarray:
+    """The first non-constant eigenvector (the only one when K = 1) as a picture of the
+    image's size, drawn as :func:`eigenvector_figure` draws it."""
+    vectors = decomposition.eigenvectors
+    vector = vectors[1] if vectors.shape[0] > 1 else vectors[0]
+    return _eigenvector_panel(vector, decomposition, tuple(image.shape[:2]))
+
+
+def localization_row(image, decomposition, box_xyxy, gt_boxes, correct: bool, coarse) -> list[np.ndarray]:
+    """One row of the localization figure (as the paper's Fig. 4).
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+        The original image of the decomposition.
+    decomposition : Decomposition
+    box_xyxy : (x1, y1, x2, y2)
+        The predicted box, pixels of the image.
+    gt_boxes : (M, 4) array_like
+        Ground-truth boxes, ``xyxy`` pixels.
+    correct : bool
+        Whether the box counts for CorLoc (drawn green, else red).
+    coarse : (h, w) bool
+        The coarse object mask on the patch grid.
+
+    Returns
+    -------
+    list of (H, W, 3) uint8
+        ``[image, Fiedler eigenvector, boxes (ground truth blue), coarse mask overlay]``.
+    """
+    picture = image
+    for g in gt_boxes:
+        picture = draw_box(picture, [int(round(v)) for v in g], color=_GROUND_TRUTH)
+    picture = draw_box(picture, box_xyxy, color=_CORRECT if correct else _WRONG)
+    return [image, _fiedler_panel(image, decomposition), picture, overlay_mask(image, coarse, color=_MASK_COLOUR)]
+
+
+def segmentation_row(image, decomposition, mask, gt) -> list[np.ndarray]:
+    """One row of the segmentation figure.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+        The original image of the decomposition.
+    decomposition : Decomposition
+    mask : (H, W) bool
+        The predicted mask.
+    gt : (H, W) bool
+        The ground-truth mask.
+
+    Returns
+    -------
+    list of (H, W, 3) uint8
+        ``[image, Fiedler eigenvector, predicted mask overlay, ground truth overlay (blue)]``.
+    """
+    return [
+        image,
+        _fiedler_panel(image, decomposition),
+        overlay_mask(image, mask, color=_MASK_COLOUR),
+        overlay_mask(image, gt, color=_GROUND_TRUTH),
+    ]
+
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    """``image`` scaled to ``height`` pixels high, aspect ratio kept."""
+    h, w = image.shape[:2]
+    return resize_image(image, (height, max(1, round(w * height / h))))
+
+
+def picture_grid(rows: list, *, row_height: int = FIGURE_ROW_HEIGHT) -> np.ndarray:
+    """Tile rows of panels into one picture.
+
+    Parameters
+    ----------
+    rows : list of list of (H, W, 3) uint8
+        At least one row; panels may differ in size.
+    row_height : int
+        Every panel is scaled to this many pixels high (aspect ratio kept).
+
+    Returns
+    -------
+    (R, C, 3) uint8
+        The rows one above the other, panels separated by white gaps, each row padded
+        with white to the widest.
+    """
+    if not rows:
+        raise ValueError("rows: expected at least one row of panels")
+    if not isinstance(row_height, (int, np.integer)) or row_height < 1:
+        raise ValueError(f"row_height: expected an integer >= 1, got {row_height!r}")
+    lines = []
+    for panels in rows:
+        scaled = [_fit_height(np.asarray(p, dtype=np.uint8), row_height) for p in panels]
+        parts = []
+        for index, panel in enumerate(scaled):
+            if index:
+                parts.append(np.full((row_height, _GRID_GAP, 3), _GAP_COLOUR, np.uint8))
+            parts.append(panel)
+        lines.append(np.concatenate(parts, axis=1))
+    width = max(line.shape[1] for line in lines)
+    out = []
+    for index, line in enumerate(lines):
+        if index:
+            out.append(np.full((_GRID_GAP, width, 3), _GAP_COLOUR, np.uint8))
+        pad = np.full((row_height, width - line.shape[1], 3), _GAP_COLOUR, np.uint8)
+        out.append(np.concatenate([line, pad], axis=1))
+    return np.ascontiguousarray(np.concatenate(out, axis=0))
+
+
+def iou_histogram(values, *, bins: int = 20, size: tuple[int, int] = (200, 400)) -> np.ndarray:
+    """A bar chart of per-image IoU over ``[0, 1]`` (numpy only).
+
+    Parameters
+    ----------
+    values : iterable of float or None
+        Per-image IoU; ``None`` and non-finite values are left out, the rest clipped to
+        ``[0, 1]``.
+    bins : int
+        Bars, equal widths over ``[0, 1]``.
+    size : (height, width)
+        Of the picture, pixels.
+
+    Returns
+    -------
+    (height, width, 3) uint8
+        Bars scaled to the tallest, tick marks every 0.1 on the axis, a red line at 0.5
+        (the CorLoc threshold).
+    """
+    if not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins: expected an integer >= 1, got {bins!r}")
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    height, width = size
+    margin = 10
+    if height <= 2 * margin + 5 or width <= 2 * margin + bins:
+        raise ValueError(f"size: expected (height, width) larger than ({2 * margin + 5}, {2 * margin + bins}), got {size!r}")
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    counts, _ = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0.0, 1.0))
+    top = max(int(counts.max()) if counts.size else 0, 1)
+    plot_w, plot_h = width - 2 * margin, height - 2 * margin
+    bar_w = plot_w / bins
+    for index, count in enumerate(counts):
+        bar_h = int(round(plot_h * count / top))
+        x1 = margin + int(round(index * bar_w)) + 1
+        x2 = margin + int(round((index + 1) * bar_w)) - 1
+        if bar_h:
+            canvas[height - margin - bar_h : height - margin, x1:x2] = _BAR_COLOUR
+    canvas[height - margin, margin : width - margin] = 0
+    for tick in range(11):
+        x = margin + int(round(tick * plot_w / 10))
+        canvas[height - margin : height - margin + 5, max(x - 1, 0) : x + 1] = 0
+    x_half = margin + plot_w // 2
+    canvas[margin : height - margin, x_half : x_half + 1] = _THRESHOLD_COLOUR
     return canvas

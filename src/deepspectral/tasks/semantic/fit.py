@@ -20,7 +20,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ...engine import Engine
 from .clustering import assign_clusters, cluster_features
 from .rundir import (
     CENTROIDS_FILE,
@@ -129,6 +128,7 @@ def fit(
     -------
     FitResult
     """
+    from ...engine import Engine
     from ...files import atomic_write, atomic_write_json
 
     settings = settings if settings is not None else SemanticSettings()
@@ -187,7 +187,7 @@ def fit(
     return result
 
 
-def _segment_images(items: list, run_dir: Path, engine: Engine, settings: SemanticSettings,
+def _segment_images(items: list, run_dir: Path, engine, settings: SemanticSettings,
                     timer: StageTimer, *, verbose: bool) -> tuple[dict[str, int], int, int]:
     """Stage 1: the segments of every image, read from the run folder or computed on the
     engine (decode, features, decomposition: cached and batched as in every command).

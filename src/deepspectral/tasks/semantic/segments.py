@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ...features import PatchFeatures
 from ...geometry import ImageGeometry
-from ...spectral import Decomposition
 from .clustering import _kmeans_points
 from .settings import BACKGROUND_RULES, EIGENVECTORS, MAX_CLUSTERS, SEGMENTS, SemanticSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ...spectral import Decomposition
 
 __all__ = [
     "FeatureSource",

@@ -1,0 +1,537 @@
+"""Scoring on benchmark datasets: the library side of ``deepspectral eval``.
+
+Every evaluator walks a :class:`deepspectral.data.datasets.Dataset`, runs the method (or
+reads existing predictions), and returns an :class:`EvalResult`: the aggregate metrics,
+per-image scores, the images that failed and picture rows for
+:func:`deepspectral.viz.picture_grid`. Nothing here parses arguments, prints tables or
+writes files (:mod:`deepspectral.cli.eval` does); the only output is the optional
+progress bar on stderr.
+
+- :func:`evaluate_localization`, :func:`evaluate_segmentation`: run the method through an
+  :class:`~deepspectral.engine.Engine` (what ``deepspectral eval`` does) or any
+  ``decompose(image, sample) -> Decomposition`` (e.g. the tests' oracle features) and
+  score CorLoc / mIoU, pixel accuracy, max F_β.
+- :func:`score_box_predictions`, :func:`score_mask_predictions`: score what
+  ``deepspectral localize`` / ``deepspectral segment`` wrote.
+- :func:`evaluate_semseg`: semantic mIoU of ``predict(image) -> labels`` after Hungarian
+  matching (or majority vote) of clusters to classes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .metrics import MatchedScores
+    from .paper import PaperNumber
+
+__all__ = [
+    "EvalResult",
+    "FIGURE_ROWS",
+    "MASK_THRESHOLD",
+    "evaluate_localization",
+    "evaluate_segmentation",
+    "score_box_predictions",
+    "score_mask_predictions",
+    "evaluate_semseg",
+    "mask_boxes",
+]
+
+#: Picture rows an evaluation keeps by default (its first images), for the figure.
+FIGURE_ROWS = 8
+#: Predicted masks are 8-bit greyscale; a pixel at least this is foreground (what
+#: ``deepspectral segment`` writes: 0 / 255).
+MASK_THRESHOLD = 128
+#: Rows of the semantic confusion matrix before trimming: ``predict`` returns uint8 labels,
+#: so every value 0..255 may occur as a cluster id.
+_PREDICTED_LABEL_VALUES = 256
+#: File extensions stripped from a prediction's image name to match it to a dataset id.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation produced.
+
+    Attributes
+    ----------
+    task : {"localization", "segmentation", "semantic"}
+    dataset : str
+        The dataset's name.
+    metrics : dict
+        ``{"corloc": ...}``, ``{"miou": ..., "accuracy": ..., "max_fbeta": ...}`` or
+        ``{"miou": ..., "accuracy": ...}`` (semantic); fractions in [0, 1], NaN when no
+        image was scored.
+    per_image : list of dict
+        One record per scored image, ``{"image": id, ...scores}``.
+    errors : list of dict
+        ``{"image": id, "error": message}`` for the images that failed.
+    seconds : float
+        Wall time of the evaluation.
+    figure_rows : list of list of (H, W, 3) uint8
+        Up to ``figure_rows`` picture rows (for :func:`deepspectral.viz.picture_grid`).
+    """
+
+    task: str
+    dataset: str
+    metrics: dict
+    per_image: list
+    errors: list = field(default_factory=list)
+    seconds: float = 0.0
+    figure_rows: list = field(default_factory=list, repr=False)
+
+    def to_json(self, *, settings: dict, paper: PaperNumber | None = None) -> dict:
+        """The result as ``results.json`` holds it.
+
+        Parameters
+        ----------
+        settings : dict
+            The settings of the run, stored as given.
+        paper : PaperNumber, optional
+            The paper's number for the same setting (``None``: the paper has none).
+
+        Returns
+        -------
+        dict
+            The metrics at the top level (non-finite values as ``None``), then ``task``,
+            ``dataset``, ``n_images``, ``n_failed``, ``seconds``, ``settings``, ``paper``,
+            ``version``, ``per_image`` and ``errors``.
+        """
+        from ._version import __version__
+
+        out = {key: _finite(value) for key, value in self.metrics.items()}
+        out.update(
+            {
+                "task": self.task,
+                "dataset": self.dataset,
+                "n_images": len(self.per_image),
+                "n_failed": len(self.errors),
+                "seconds": round(self.seconds, 3),
+                "settings": settings,
+                "paper": None
+                if paper is None
+                else {"value": paper.value, "table": paper.table, "metric": paper.metric, "note": paper.note, "std": paper.std},
+                "version": __version__,
+                "per_image": self.per_image,
+                "errors": self.errors,
+            }
+        )
+        return out
+
+
+def _finite(value):
+    """``value``, or ``None`` for a non-finite float (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _loop(samples: Iterable, fn: Callable, *, desc: str, verbose: bool, errors: list) -> None:
+    """Call ``fn(sample)`` on every sample under the engine's error policy
+    (:func:`deepspectral.engine.run_batch`: progress bar, per-image errors recorded in
+    ``errors`` as ``{"image", "error"}`` and skipped, fatal ones raised)."""
+    from .engine import run_batch
+
+    summary = run_batch(samples, fn, desc=desc, verbose=verbose)
+    errors.extend({"image": record["image"], "error": record["error"]} for record in summary.errors)
+
+
+def _loop_decomposed(dataset, decompose: Callable, work: Callable, *, desc: str, verbose: bool, errors: list) -> None:
+    """``work(sample, image, decomposition)`` for every sample of ``dataset``.
+
+    ``decompose`` is a :class:`deepspectral.engine.Engine` (decoding, features, cache,
+    batching and overlap exactly as in the image commands, so an ``eval`` reuses what
+    ``localize`` cached) or any ``decompose(image, sample) -> Decomposition``.
+    """
+    from .engine import Engine
+
+    if isinstance(decompose, Engine):
+        summary = decompose.process(
+            list(dataset), lambda result: work(result.item, result.image, result.decomposition), desc=desc, verbose=verbose
+        )
+        errors.extend({"image": record["image"], "error": record["error"]} for record in summary.errors)
+        return
+
+    def one(sample) -> None:
+        image = sample.load_image()
+        work(sample, image, decompose(image, sample))
+
+    _loop(dataset, one, desc=desc, verbose=verbose, errors=errors)
+
+
+def _check_figure_rows(figure_rows) -> None:
+    if not isinstance(figure_rows, (int, np.integer)) or isinstance(figure_rows, bool) or figure_rows < 0:
+        raise ValueError(f"figure_rows: expected an integer >= 0, got {figure_rows!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Ground truth
+# ---------------------------------------------------------------------------------------
+
+
+def mask_boxes(mask: np.ndarray) -> np.ndarray:
+    """Ground-truth boxes of a mask, for CorLoc on mask datasets.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array_like
+
+    Returns
+    -------
+    (M, 4) float64
+        Continuous ``xyxy`` boxes (``x2``, ``y2`` exclusive): the box of the whole mask,
+        then one per 8-connected component; ``(0, 4)`` for an empty mask.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask: expected an (H, W) array, got shape {mask.shape}")
+    if not mask.any():
+        return np.zeros((0, 4))
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    ys, xs = np.nonzero(mask)
+    boxes = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]
+    for sy, sx in ndimage.find_objects(labels):
+        boxes.append([sx.start, sy.start, sx.stop, sy.stop])
+    return np.asarray(boxes, dtype=np.float64)
+
+
+def _gt_boxes(sample) -> np.ndarray:
+    """``(M, 4)`` ground-truth boxes of a sample: its boxes, or those of its mask."""
+    if sample.boxes_xyxy is not None:
+        return sample.boxes_xyxy
+    return mask_boxes(sample.load_mask())
+
+
+def _prediction_key(name: str) -> list[str]:
+    """Keys a prediction's image name matches: the relative path without an image
+    extension, then its last component."""
+    path = PurePosixPath(str(name).replace("\\", "/"))
+    stem = path.with_suffix("") if path.suffix.lower() in _IMAGE_SUFFIXES else path
+    return [stem.as_posix(), stem.name]
+
+
+# ---------------------------------------------------------------------------------------
+# Running the method
+# ---------------------------------------------------------------------------------------
+
+
+def evaluate_localization(
+    dataset,
+    decompose,
+    *,
+    verbose: bool = True,
+    figure_rows: int = FIGURE_ROWS,
+) -> EvalResult:
+    """CorLoc of :func:`deepspectral.tasks.localize.localize` on a dataset.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        With boxes (or masks: then the boxes of the mask and of its components).
+    decompose : Engine or callable
+        A :class:`deepspectral.engine.Engine`, or ``decompose(image, sample) ->
+        Decomposition`` for the ``(H, W, 3) uint8`` image of a sample.
+    verbose : bool
+        Progress bar with ETA, failures reported.
+    figure_rows : int
+        Picture rows kept for the grid (the first images), >= 0.
+
+    Returns
+    -------
+    EvalResult
+        ``metrics = {"corloc": ...}`` over every image of the dataset (one that failed
+        counts as a miss); per image ``box_xyxy``, ``iou`` (best over the ground-truth
+        boxes) and ``correct``. Picture rows from :func:`deepspectral.viz.localization_row`.
+    """
+    from .metrics import box_iou, corloc_hit
+    from .tasks.localize import coarse_mask, localize
+    from .viz import localization_row
+
+    _check_figure_rows(figure_rows)
+    per_image, errors, rows = [], [], []
+    start = time.perf_counter()
+
+    def one(sample, image: np.ndarray, decomposition) -> None:
+        gt = _gt_boxes(sample)
+        box = [int(v) for v in localize(decomposition)]
+        best = float(box_iou(box, gt).max()) if len(gt) else 0.0
+        correct = corloc_hit(box, gt)
+        per_image.append({"image": sample.image_id, "box_xyxy": box, "iou": best, "correct": bool(correct)})
+        if len(rows) < figure_rows:
+            rows.append(localization_row(image, decomposition, box, gt, correct, coarse_mask(decomposition)))
+
+    _loop_decomposed(dataset, decompose, one, desc=f"localization {dataset.name}", verbose=verbose, errors=errors)
+    # an image that failed gave no box: it counts as a miss (CorLoc over the whole dataset)
+    attempted = len(per_image) + len(errors)
+    corloc = sum(r["correct"] for r in per_image) / attempted if attempted else float("nan")
+    return EvalResult(
+        "localization", dataset.name, {"corloc": corloc}, per_image, errors, time.perf_counter() - start, rows
+    )
+
+
+def _segmentation_scores(per_image: list, curves: list) -> dict:
+    """mIoU and accuracy (means over the images) and max F_β (over the dataset's
+    precision/recall curves); NaN when no image was scored."""
+    from .metrics import max_fbeta
+
+    if not per_image:
+        return {"miou": float("nan"), "accuracy": float("nan"), "max_fbeta": float("nan")}
+    return {
+        "miou": float(np.mean([r["iou"] for r in per_image])),
+        "accuracy": float(np.mean([r["accuracy"] for r in per_image])),
+        "max_fbeta": max_fbeta([c[0] for c in curves], [c[1] for c in curves]),
+    }
+
+
+def evaluate_segmentation(
+    dataset,
+    decompose,
+    *,
+    crf: bool = True,
+    verbose: bool = True,
+    figure_rows: int = FIGURE_ROWS,
+) -> EvalResult:
+    """mIoU (mean per-image IoU), pixel accuracy and max F_β of
+    :func:`deepspectral.tasks.segment.segment_object` on a mask dataset.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        With masks.
+    decompose : Engine or callable
+        an :class:`~deepspectral.engine.Engine` or ``decompose(image, sample) -> Decomposition``, as for
+        :func:`evaluate_localization`.
+    crf : bool
+        Refine with the dense CRF; its foreground marginal is then the soft map for F_β
+        (without it: the binary coarse mask upsampled).
+    verbose : bool
+        Progress bar with ETA, failures reported.
+    figure_rows : int
+        Picture rows kept for the grid (the first images), >= 0.
+
+    Returns
+    -------
+    EvalResult
+        ``metrics = {"miou", "accuracy", "max_fbeta"}``: means over the images scored (the
+        ones that failed are listed in ``errors``); per image ``iou`` and ``accuracy``.
+        Picture rows from :func:`deepspectral.viz.segmentation_row`.
+    """
+    from .metrics import mask_iou, pixel_accuracy, precision_recall_curve
+    from .tasks.segment import segment_object_probability
+    from .viz import segmentation_row
+
+    _check_figure_rows(figure_rows)
+    per_image, errors, rows, curves = [], [], [], []
+    start = time.perf_counter()
+
+    def one(sample, image: np.ndarray, decomposition) -> None:
+        gt = sample.load_mask()
+        if gt.shape != image.shape[:2]:
+            raise ValueError(f"mask size {gt.shape[::-1]} differs from the image size {image.shape[1::-1]}")
+        probability = segment_object_probability(decomposition, image, crf=crf)
+        mask = probability > 0.5
+        curves.append(precision_recall_curve(probability, gt))
+        per_image.append(
+            {"image": sample.image_id, "iou": mask_iou(mask, gt), "accuracy": pixel_accuracy(mask, gt)}
+        )
+        if len(rows) < figure_rows:
+            rows.append(segmentation_row(image, decomposition, mask, gt))
+
+    _loop_decomposed(dataset, decompose, one, desc=f"segmentation {dataset.name}", verbose=verbose, errors=errors)
+    return EvalResult(
+        "segmentation", dataset.name, _segmentation_scores(per_image, curves), per_image, errors,
+        time.perf_counter() - start, rows,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring existing predictions
+# ---------------------------------------------------------------------------------------
+
+
+def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -> EvalResult:
+    """CorLoc of existing boxes.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        With boxes or masks.
+    predictions : list of dict
+        ``deepspectral localize``'s ``boxes.json``: ``{"image": name, "box_xyxy": [x1,
+        y1, x2, y2]}`` each (or ``"file"`` instead of ``"image"``), matched to the
+        dataset's images by relative name or stem (an image extension is ignored).
+    verbose : bool
+        Progress bar, images without a prediction reported.
+
+    Returns
+    -------
+    EvalResult
+        ``metrics = {"corloc": ...}`` over every image of the dataset: one without a
+        prediction counts as wrong (and is listed in ``errors``).
+    """
+    from .metrics import box_iou, corloc_hit
+
+    if not isinstance(predictions, list):
+        raise ValueError(f"predictions: expected a list of records, got {type(predictions).__name__}")
+    table = {}
+    for record in predictions:
+        for key in _prediction_key(record.get("image") or record.get("file", "")):
+            table.setdefault(key, record)
+    per_image, errors = [], []
+    start = time.perf_counter()
+
+    def one(sample) -> None:
+        record = table.get(sample.image_id) or table.get(_prediction_key(sample.image_id)[1])
+        if record is None:
+            raise ValueError("no prediction for this image")
+        box = [float(v) for v in record["box_xyxy"]]
+        gt = _gt_boxes(sample)
+        per_image.append(
+            {
+                "image": sample.image_id,
+                "box_xyxy": box,
+                "iou": float(box_iou(box, gt).max()) if len(gt) else 0.0,
+                "correct": corloc_hit(box, gt),
+            }
+        )
+
+    _loop(dataset, one, desc=f"score {dataset.name}", verbose=verbose, errors=errors)
+    # a missing prediction is a wrong one: CorLoc over every image of the dataset
+    n = len(per_image) + len(errors)
+    corloc = sum(r["correct"] for r in per_image) / n if n else float("nan")
+    return EvalResult("localization", dataset.name, {"corloc": float(corloc)}, per_image, errors, time.perf_counter() - start)
+
+
+def score_mask_predictions(dataset, pred_dir, *, verbose: bool = True) -> EvalResult:
+    """mIoU, pixel accuracy and max F_β of existing masks.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        With masks.
+    pred_dir : str or os.PathLike
+        Folder of ``<image id>.png`` (or ``<stem>.png``) masks, 8-bit, foreground >=
+        :data:`MASK_THRESHOLD` (``deepspectral segment``'s output); a greyscale map is used
+        as the soft map for F_β.
+    verbose : bool
+        Progress bar, images without a mask reported.
+
+    Returns
+    -------
+    EvalResult
+        As :func:`evaluate_segmentation`, without picture rows; images without a mask are
+        listed in ``errors``.
+    """
+    from PIL import Image
+
+    from .metrics import mask_iou, pixel_accuracy, precision_recall_curve
+
+    pred_dir = Path(pred_dir)
+    per_image, errors, curves = [], [], []
+    start = time.perf_counter()
+
+    def one(sample) -> None:
+        candidates = [pred_dir / f"{sample.image_id}.png", pred_dir / f"{Path(sample.image_id).name}.png"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise ValueError(f"no predicted mask {candidates[0]}")
+        gt = sample.load_mask()
+        with Image.open(path) as handle:
+            soft = np.asarray(handle.convert("L"), dtype=np.float32) / 255.0
+        if soft.shape != gt.shape:
+            raise ValueError(f"predicted mask {soft.shape[::-1]} differs from the ground truth {gt.shape[::-1]}")
+        mask = soft >= MASK_THRESHOLD / 255.0
+        curves.append(precision_recall_curve(soft, gt))
+        per_image.append({"image": sample.image_id, "iou": mask_iou(mask, gt), "accuracy": pixel_accuracy(mask, gt)})
+
+    _loop(dataset, one, desc=f"score {dataset.name}", verbose=verbose, errors=errors)
+    return EvalResult(
+        "segmentation", dataset.name, _segmentation_scores(per_image, curves), per_image, errors, time.perf_counter() - start
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Semantic segmentation
+# ---------------------------------------------------------------------------------------
+
+
+def evaluate_semseg(
+    dataset, predict: Callable, *, majority: bool = False, verbose: bool = True
+) -> tuple[EvalResult, MatchedScores]:
+    """Semantic mIoU of a labeller on a VOC label-map dataset.
+
+    One confusion matrix over the dataset (ground-truth pixels labelled
+    :data:`deepspectral.metrics.IGNORE_LABEL` skipped), then clusters matched to the
+    classes of :data:`deepspectral.data.datasets.VOC_CLASSES` one-to-one (Hungarian) or by
+    majority vote.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        With label maps (``sample.load_labels()``: ``(H, W)`` classes, 0 = background).
+    predict : callable
+        ``predict(image) -> (H, W) uint8`` labels (0 = background, 1..K clusters) of an
+        ``(H, W, 3) uint8`` image.
+    majority : bool
+        Map every cluster to its majority class (over-clustering, Table 11) instead of
+        the one-to-one Hungarian matching.
+    verbose : bool
+        Progress bar with ETA, failures reported.
+
+    Returns
+    -------
+    result : EvalResult
+        ``metrics = {"miou", "accuracy"}``; per image the pixel ``accuracy`` under the
+        dataset-wide mapping.
+    scores : deepspectral.metrics.MatchedScores
+        The matching, the trimmed confusion matrix and the IoU of each class.
+    """
+    from .data.datasets import VOC_CLASSES
+    from .metrics import IGNORE_LABEL, confusion_matrix, hungarian_miou, majority_vote_miou
+
+    n_classes = len(VOC_CLASSES)  # the 20 VOC classes and the background
+    confusion = np.zeros((_PREDICTED_LABEL_VALUES, n_classes), dtype=np.int64)
+    per_image_confusion, per_image, errors = [], [], []
+    start = time.perf_counter()
+
+    def one(sample) -> None:
+        image = sample.load_image()
+        gt = sample.load_labels()
+        labels = np.asarray(predict(image))
+        if labels.shape != gt.shape:
+            raise ValueError(f"prediction {labels.shape} differs from the label map {gt.shape}")
+        if labels.min() < 0 or labels.max() >= _PREDICTED_LABEL_VALUES:
+            raise ValueError(f"prediction labels must lie in 0..{_PREDICTED_LABEL_VALUES - 1}")
+        valid = gt[gt != IGNORE_LABEL]
+        if valid.size and valid.max() >= n_classes:
+            raise ValueError(f"label map has class {int(valid.max())} >= {n_classes}")
+        matrix = confusion_matrix(labels.astype(np.int64), gt, _PREDICTED_LABEL_VALUES, n_classes)
+        confusion[...] += matrix
+        per_image_confusion.append((sample.image_id, matrix))
+
+    _loop(dataset, one, desc=f"semseg {dataset.name}", verbose=verbose, errors=errors)
+    used = int(np.nonzero(confusion.sum(axis=1))[0].max()) + 1 if confusion.any() else n_classes
+    trimmed = confusion[: max(used, 1)]
+    scores = (majority_vote_miou if majority else hungarian_miou)(trimmed)
+    for image_id, matrix in per_image_confusion:
+        matrix = matrix[: trimmed.shape[0]]
+        hit = sum(int(matrix[c, k]) for c, k in enumerate(scores.mapping) if k >= 0)
+        total = int(matrix.sum())
+        per_image.append({"image": image_id, "accuracy": hit / total if total else None})
+    metrics = {"miou": scores.miou, "accuracy": scores.pixel_accuracy}
+    result = EvalResult("semantic", dataset.name, metrics, per_image, errors, time.perf_counter() - start)
+    return result, scores
