@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepspectral.data.images import input_size_for
+from deepspectral.geometry import input_size_for
 from deepspectral.features import PatchFeatures
 
 __all__ = ["oracle_features", "resize_mask", "shared_data_dir", "iou"]

@@ -277,7 +277,7 @@ def test_max_size_resize(bb):
     assert feats.features.shape == (6, 4, 384)
     assert bb.extract(image, max_size=None).features.shape == (18, 12, 384)
     # Equal to resizing first and extracting without a limit.
-    from deepspectral.data.images import resize_image
+    from deepspectral.geometry import resize_image
 
     resized = resize_image(image, (100, 67))
     np.testing.assert_allclose(bb.extract(resized, max_size=None).features, feats.features, atol=1e-5)

@@ -15,7 +15,7 @@ from PIL import Image
 from deepspectral import evaluation as ev
 from deepspectral.cli import main
 from deepspectral.data import datasets as ds
-from deepspectral.data.images import input_size_for
+from deepspectral.geometry import input_size_for
 from deepspectral.spectral import decompose
 
 sys.path.insert(0, str(Path(__file__).parent))

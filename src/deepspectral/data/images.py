@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import defaults
-from ..geometry import as_rgb_array, input_size_for, resize_image  # TEMP re-export until every caller imports geometry
 
 __all__ = [
     "load_image",

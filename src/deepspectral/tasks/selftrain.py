@@ -356,7 +356,7 @@ def _atomic_torch_save(path: Path, obj) -> None:
     """``torch.save(obj)`` to ``path`` atomically (a killed run leaves the old file)."""
     import torch
 
-    from ..runner import atomic_write
+    from ..files import atomic_write
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -404,7 +404,7 @@ def train(
     from tqdm.auto import tqdm
 
     from ..backbones.extract import resolve_device
-    from ..runner import atomic_write_json
+    from ..files import atomic_write_json
 
     settings = settings if settings is not None else TrainSettings()
     run_dir = Path(run_dir)
@@ -527,7 +527,7 @@ class SelfTrainedModel:
         import torch
         from PIL import Image
 
-        from ..data.images import as_rgb_array, input_size_for, resize_image
+        from ..geometry import as_rgb_array, input_size_for, resize_image
 
         rgb = as_rgb_array(image)
         size = input_size_for(rgb.shape[:2], self.max_size)
