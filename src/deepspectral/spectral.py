@@ -101,7 +101,7 @@ _BLAS_STATE: dict = {"controller": None, "users": 0, "limiter": None}
 def single_threaded_blas():
     """Context limiting BLAS (OpenBLAS / MKL) to one thread while any thread is inside it.
 
-    For runs where several eigen-steps run at once (:class:`deepspectral.pipeline.Pipeline`
+    For runs where several eigen-steps run at once (:class:`deepspectral.engine.Engine`
     with ``workers > 1`` holds it for the whole run): each eigensolver's BLAS calls are
     memory-bound matrix-vector products, and a second BLAS thread per image, spinning
     between calls, takes the core that another image's eigen-step or the backbone needs.
