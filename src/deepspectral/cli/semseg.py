@@ -38,6 +38,7 @@ __all__ = ["register"]
 #: with an outline); kept at 0.55 so that the overlays stay byte-identical.
 OVERLAY_ALPHA = 0.55
 
+
 def register(commands, formatter) -> None:
     """Add the ``semseg`` command family (see :data:`deepspectral.cli.COMMAND_MODULES`)."""
     from ..tasks import semantic

@@ -25,6 +25,7 @@ __all__ = [
     "read_mask",
     "read_label_map",
     "polygons_to_mask",
+    "center_cropped",
 ]
 
 #: Masks are foreground where the grey value is >= this (0..255): the midpoint of the
@@ -34,7 +35,7 @@ MASK_THRESHOLD = 128
 #: (IoU), or class label maps (mIoU).
 TASKS = ("localization", "segmentation", "semantic")
 #: Crops a loader can apply to image and mask: ``none``, or ``center`` (the largest centred
-#: square, the CUB protocol; see :func:`_center_cropped`).
+#: square, the CUB protocol; see :func:`center_cropped`).
 CROPS = ("none", "center")
 
 
@@ -187,7 +188,7 @@ class Dataset:
         return replace(self, samples=list(chosen), notes=list(self.notes))
 
 
-def _center_cropped(sample: Sample) -> Sample:
+def center_cropped(sample: Sample) -> Sample:
     """``sample`` with :attr:`Sample.crop_xyxy` set to the largest centred square of its
     image (the image header is read for the size; the pixels are not decoded)."""
     from PIL import Image

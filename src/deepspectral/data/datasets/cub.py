@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from .base import CROPS, Dataset, Sample, _center_cropped
+from .base import CROPS, Dataset, Sample, center_cropped
 
 __all__ = ["CUB_CROP", "CUB_SPLITS", "load_cub"]
 
@@ -78,6 +78,6 @@ def load_cub(root: str | os.PathLike, *, split: str = "test", crop: str = CUB_CR
             Sample(image_id=str(PurePosixPath(relative).with_suffix("")), image_path=cub / "images" / relative, mask_path=mask)
         )
     if crop == "center":
-        samples = [_center_cropped(s) for s in samples]
+        samples = [center_cropped(s) for s in samples]
     notes = [f"{missing} image(s) without a segmentation left out"] if missing else []
     return Dataset(name="cub", task="segmentation", samples=samples, root=cub, notes=notes)

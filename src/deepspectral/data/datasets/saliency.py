@@ -13,7 +13,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from ..images import IMAGE_EXTENSIONS
-from .base import CROPS, Dataset, Sample, _center_cropped
+from .base import CROPS, Dataset, Sample, center_cropped
 
 __all__ = [
     "SALIENCY_DATASETS",
@@ -98,7 +98,7 @@ def load_mask_folder(
     if not samples:
         raise ValueError(f"masks: no mask in '{masks}' matches an image of '{images}' (by relative path or stem)")
     if crop == "center":
-        samples = [_center_cropped(s) for s in samples]
+        samples = [center_cropped(s) for s in samples]
     notes = [f"{missing} image(s) without a mask left out"] if missing else []
     return Dataset(name=name, task="segmentation", samples=samples, root=images, notes=notes)
 

@@ -14,6 +14,7 @@ import numpy as np
 __all__ = [
     "assign_clusters",
     "cluster_features",
+    "kmeans_points",
     "SAMPLE_SIZE",
     "KMEANS_N_INIT",
     "MINIBATCH_SIZE",
@@ -44,7 +45,7 @@ def _sklearn_cluster():
     return sklearn.cluster
 
 
-def _kmeans_points(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+def kmeans_points(points: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Seeded k-means labels of points with at most ``k`` clusters.
 
     Parameters

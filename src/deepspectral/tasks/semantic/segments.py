@@ -27,7 +27,7 @@ import numpy as np
 
 from ...features import PatchFeatures
 from ...geometry import ImageGeometry
-from .clustering import _kmeans_points
+from .clustering import kmeans_points
 from .settings import BACKGROUND_RULES, EIGENVECTORS, MAX_CLUSTERS, SEGMENTS, SemanticSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -229,7 +229,7 @@ def spectral_segments(
         points = points[:, keep]
     if points.shape[1] == 0:
         return np.zeros((h, w), dtype=np.int32)
-    labels = _kmeans_points(points, k, seed).reshape(h, w)
+    labels = kmeans_points(points, k, seed).reshape(h, w)
     return _relabel(labels)
 
 
@@ -373,7 +373,7 @@ def _feature_kmeans_segments(features: PatchFeatures, settings: SemanticSettings
     geometry = features.geometry
     h, w = features.grid_size
     patch = _normalise(features.features.reshape(h * w, -1))
-    segment_map = _relabel(_kmeans_points(patch, settings.segments, settings.seed).reshape(h, w))
+    segment_map = _relabel(kmeans_points(patch, settings.segments, settings.seed).reshape(h, w))
     ids = np.arange(int(segment_map.max()) + 1, dtype=np.int32)
     flat = segment_map.ravel()
     sums = np.zeros((ids.size, patch.shape[1]))
