@@ -105,3 +105,28 @@ def test_outputs_identical_with_and_without_the_cache(tmp_path, random_weights):
             runs[name] = _outputs(out)
         assert runs["cold"] == runs["none"] == runs["warm"], command
         assert len(runs["none"]) >= (1 if command == "localize" else 5)
+
+
+def test_oversize_image_refused_before_the_backbone_runs(tmp_path, backbone):
+    # issue #12 item 4: the grid-size check used to run after the ViT forward pass
+    from deepspectral import defaults
+
+    items = _items(tmp_path / "in", 1)
+    big = tmp_path / "in" / "big.png"
+    side = int((defaults.MAX_GRID_NODES ** 0.5) * defaults.GRID_STRIDE) + 64  # grid just over the limit
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(big)
+    items.append(InputImage(big, PurePosixPath("big")))
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(backbone, name)
+
+        def extract(self, image, **kwargs):
+            calls.append(image.shape)
+            return backbone.extract(image, **kwargs)
+
+    results = list(Engine(Counting(), max_size=None).run(items))
+    assert results[0].error is None and isinstance(results[1].error, ValueError)
+    assert "--max-size" in str(results[1].error)
+    assert calls == [results[0].image.shape]  # the big image never reached the backbone

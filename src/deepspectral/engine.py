@@ -40,7 +40,8 @@ from . import defaults
 from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
 from .files import atomic_write_json, file_digest
-from .spectral import Decomposition, decompose, single_threaded_blas
+from .geometry import ImageGeometry
+from .spectral import Decomposition, check_grid_size, decompose, single_threaded_blas
 from .store import Store, cache_key, image_digest
 
 __all__ = [
@@ -367,6 +368,9 @@ class Engine:
                         start = time.perf_counter()
                         result.image = result.item.load_image()
                         result.seconds["load"] = time.perf_counter() - start
+                        if self.decompose:  # refuse an oversize grid before the backbone runs
+                            shape = result.image.shape[:2]
+                            check_grid_size(ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size).grid_size)
                         keys = self._keys(result.image)
                         result.decomposition = self._cached_decomposition(keys[1], result.image)
                         if result.decomposition is None or self.keep_features:

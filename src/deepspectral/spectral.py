@@ -27,6 +27,7 @@ __all__ = [
     "decompose",
     "affinity_matrix",
     "grid_affinity",
+    "check_grid_size",
     "orient_eigenvectors",
     "coarse_mask",
     "ncut_sweep",
@@ -247,6 +248,19 @@ def ncut_sweep(vector: np.ndarray, affinity) -> np.ndarray:
     return (rank <= split).reshape(values.shape)
 
 
+def check_grid_size(grid_size: tuple[int, int]) -> None:
+    """Raise ``ValueError`` when a working grid has more than ``defaults.MAX_GRID_NODES``
+    nodes (its dense affinity takes ``4 · nodes²`` bytes); the engine calls it before the
+    backbone runs, so an oversize image is refused at once."""
+    n = int(grid_size[0]) * int(grid_size[1])
+    if n > defaults.MAX_GRID_NODES:
+        raise ValueError(
+            f"image: the working grid {grid_size[0]}x{grid_size[1]} has more than {defaults.MAX_GRID_NODES} nodes "
+            f"(the dense affinity would need {4 * n ** 2 / 1e9:.1f} GB); "
+            f"use a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
+        )
+
+
 def grid_affinity(
     features: np.ndarray,
     grid_colours: np.ndarray,
@@ -273,14 +287,7 @@ def grid_affinity(
     -------
     (n, n) float32, ``n = h * w``; only ``j >= i`` is meaningful.
     """
-    grid = grid_colours.shape[:2]
-    n = grid[0] * grid[1]
-    if n > defaults.MAX_GRID_NODES:
-        raise ValueError(
-            f"image: the working grid {grid[0]}x{grid[1]} has more than {defaults.MAX_GRID_NODES} nodes "
-            f"(the dense affinity would need {4 * n ** 2 / 1e9:.1f} GB); "
-            f"extract the features with a smaller max_size (--max-size, default {defaults.MAX_SIZE})"
-        )
+    check_grid_size(grid_colours.shape[:2])
     return affinity_matrix(
         features, grid_colours, knn_lambda=knn_lambda, knn_kernel=knn_kernel, upper_only=True, out=out
     )
