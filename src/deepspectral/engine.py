@@ -41,7 +41,7 @@ from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
 from .files import atomic_write_json, file_digest
 from .geometry import ImageGeometry
-from .spectral import Decomposition, check_grid_size, decompose, single_threaded_blas
+from .spectral import Decomposition, check_decomposition_settings, check_grid_size, decompose, single_threaded_blas
 from .store import Store, cache_key, image_digest
 
 __all__ = [
@@ -287,12 +287,7 @@ class Engine:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         if workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers!r}")
-        if knn_kernel not in defaults.KNN_KERNELS:
-            raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
-        if not np.isfinite(knn_lambda) or knn_lambda < 0:
-            raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
-        if isinstance(n_eigenvectors, bool) or not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 1:
-            raise ValueError(f"n_eigenvectors: expected an integer >= 1, got {n_eigenvectors!r}")
+        check_decomposition_settings(knn_lambda=knn_lambda, n_eigenvectors=n_eigenvectors, knn_kernel=knn_kernel)
         self.backbone = backbone
         self.max_size = max_size
         self.knn_lambda = float(knn_lambda)

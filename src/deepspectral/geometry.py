@@ -332,7 +332,11 @@ class ImageGeometry:
     def grid_colours(self, image) -> np.ndarray:
         """The crop's colours on the working grid, ``(h, w, 3) float32`` in [0, 1]: what the
         colour affinity of the decomposition sees."""
-        return resize_bilinear(self.crop(image).astype(np.float32) / 255.0, self.grid_size)
+        return self.crop_to_grid_colours(self.crop(image))
+
+    def crop_to_grid_colours(self, crop: np.ndarray) -> np.ndarray:
+        """:meth:`grid_colours` of an already made :meth:`crop` ``(H_c, W_c, 3) uint8``."""
+        return resize_bilinear(np.asarray(crop).astype(np.float32) / 255.0, self.grid_size)
 
     def _check_image(self, image) -> np.ndarray:
         rgb = as_rgb_array(image)

@@ -28,6 +28,7 @@ __all__ = [
     "affinity_matrix",
     "grid_affinity",
     "check_grid_size",
+    "check_decomposition_settings",
     "orient_eigenvectors",
     "coarse_mask",
     "ncut_sweep",
@@ -248,6 +249,16 @@ def ncut_sweep(vector: np.ndarray, affinity) -> np.ndarray:
     return (rank <= split).reshape(values.shape)
 
 
+def check_decomposition_settings(*, knn_lambda: float, n_eigenvectors: int, knn_kernel: str) -> None:
+    """Raise ``ValueError`` naming the argument when a setting of :func:`decompose` is invalid."""
+    if isinstance(n_eigenvectors, bool) or not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 1:
+        raise ValueError(f"n_eigenvectors: expected an integer >= 1, got {n_eigenvectors!r}")
+    if knn_kernel not in defaults.KNN_KERNELS:
+        raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
+    if not np.isfinite(knn_lambda) or knn_lambda < 0:
+        raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
+
+
 def check_grid_size(grid_size: tuple[int, int]) -> None:
     """Raise ``ValueError`` when a working grid has more than ``defaults.MAX_GRID_NODES``
     nodes (its dense affinity takes ``4 · nodes²`` bytes); the engine calls it before the
@@ -322,12 +333,7 @@ def decompose(
     """
     if not isinstance(features, PatchFeatures):
         raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
-    if not isinstance(n_eigenvectors, (int, np.integer)) or n_eigenvectors < 1:
-        raise ValueError(f"n_eigenvectors: expected an integer >= 1, got {n_eigenvectors!r}")
-    if knn_kernel not in defaults.KNN_KERNELS:
-        raise ValueError(f"knn_kernel: expected one of {defaults.KNN_KERNELS}, got {knn_kernel!r}")
-    if not np.isfinite(knn_lambda) or knn_lambda < 0:
-        raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
+    check_decomposition_settings(knn_lambda=knn_lambda, n_eigenvectors=n_eigenvectors, knn_kernel=knn_kernel)
     geometry = features.geometry
     grid = geometry.grid_size
     affinity = grid_affinity(

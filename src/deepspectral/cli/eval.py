@@ -43,6 +43,7 @@ from .options import (
     non_negative_int,
     number_type,
     positive_int,
+    require_crf,
     store_from_args,
 )
 
@@ -247,12 +248,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"{dataset.name}: {note}", file=sys.stderr)
     task = args.eval_task
     if task == "segmentation" and args.crf and args.pred is None:
-        from ..crf import check_crf_available
-
-        try:
-            check_crf_available()
-        except ImportError as error:
-            return _error(str(error))
+        require_crf()
 
     if args.pred is not None:  # score existing predictions
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError, batch_status
+from .common import batch_status
 from .options import (
     add_backbone,
     add_decomposition,
@@ -22,6 +22,7 @@ from .options import (
     engine_from_args,
     inputs_from_args,
     output_path,
+    require_crf,
 )
 
 __all__ = ["register", "FIGURE_MAX_HEIGHT", "BOXES_FILE"]
@@ -74,12 +75,7 @@ def register(commands, formatter) -> None:
 def _run(args: argparse.Namespace, command) -> int:
     check_weights_and_out(args)
     if getattr(args, "crf", False):
-        from ..crf import check_crf_available
-
-        try:
-            check_crf_available()
-        except ImportError as error:
-            raise UsageError(str(error)) from None
+        require_crf()
     inputs = inputs_from_args(args)
     engine = engine_from_args(args, backbone_from_args(args), paths=[item.path for item in inputs])
     return batch_status(lambda: command(args, engine, inputs))

@@ -29,6 +29,7 @@ __all__ = [
     "add_decomposition",
     "add_engine",
     "check_weights_and_out",
+    "require_crf",
     "backbone_from_args",
     "inputs_from_args",
     "store_from_args",
@@ -185,6 +186,17 @@ def check_weights_and_out(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"-o/--out: '{out}' exists and is not a folder")
+
+
+def require_crf() -> None:
+    """Raise :class:`UsageError` (naming the pip extra) when the dense CRF is not installed,
+    before any image is processed."""
+    from ..crf import check_crf_available
+
+    try:
+        check_crf_available()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
 
 
 def backbone_from_args(args: argparse.Namespace):

@@ -235,7 +235,7 @@ def matte(
     vectors = decomposition.eigenvectors
     if len(vectors) > 1:
         split_graph = grid_affinity(
-            features.features, geometry.grid_colours(rgb), knn_lambda=SPLIT_KNN_LAMBDA, knn_kernel=knn_kernel
+            features.features, geometry.crop_to_grid_colours(crop), knn_lambda=SPLIT_KNN_LAMBDA, knn_kernel=knn_kernel
         )
         side = foreground_side(ncut_sweep(vectors[1], split_graph))
     else:
