@@ -39,7 +39,7 @@ import numpy as np
 from . import defaults
 from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
-from .files import atomic_write_json, file_digest
+from .files import atomic_write_json, check_writable_folder, file_digest, recording_writes
 from .geometry import ImageGeometry
 from .spectral import Decomposition, check_decomposition_settings, check_grid_size, decompose, single_threaded_blas
 from .store import Store, cache_key, image_digest
@@ -82,17 +82,21 @@ class RunSummary:
     ----------
     done, failed : int
         Images processed successfully / that raised a per-image error.
+    skipped : int
+        Images left out because their outputs were already there (a resumed run).
     seconds : float
         Wall-clock time of the whole batch.
     errors : list of dict
         ``{"image": name, "error": "Type: message"}`` for every failed image, in input order
         (``"path"`` too for image files).
     errors_file : pathlib.Path or None
-        Where ``errors`` were written (``None`` when nothing failed or no folder was given).
+        Where ``errors`` were written (``None`` when nothing failed, no folder was given, or
+        the file could not be written: then the failures were printed).
     """
 
     done: int = 0
     failed: int = 0
+    skipped: int = 0
     seconds: float = 0.0
     errors: list = field(default_factory=list)
     errors_file: Path | None = None
@@ -112,10 +116,10 @@ class RunSummary:
     def line(self, desc: str = "") -> str:
         """One-line summary, e.g. ``segment: 10 images done, 1 failed, 0.42 s per image``."""
         prefix = f"{desc}: " if desc else ""
-        text = (
-            f"{prefix}{self.done} image{'s' if self.done != 1 else ''} done, {self.failed} failed, "
-            f"{self.seconds_per_image:.2f} s per image"
-        )
+        text = f"{prefix}{self.done} image{'s' if self.done != 1 else ''} done, {self.failed} failed, "
+        if self.skipped:
+            text += f"{self.skipped} already done (skipped), "
+        text += f"{self.seconds_per_image:.2f} s per image"
         if self.errors_file is not None:
             text += f" (failures listed in {self.errors_file})"
         return text
@@ -129,6 +133,14 @@ def _error_record(item, error: BaseException) -> dict:
     return record
 
 
+def _remove_files(paths: list) -> None:
+    for path in paths:
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def run_batch(
     items: Iterable,
     work: Callable,
@@ -136,22 +148,31 @@ def run_batch(
     out_dir=None,
     desc: str,
     verbose: bool = True,
+    total: int | None = None,
+    skipped: int = 0,
 ) -> RunSummary:
     """Call ``work(item)`` on every item with a progress bar; survive bad images.
 
     Parameters
     ----------
     items : iterable
-        Anything; ``item.name`` (or ``str(item)``) names it in messages.
+        Anything; ``item.name`` (or ``str(item)``) names it in messages, ``item.path`` (if
+        any) is recorded too. May be a generator (give ``total`` for the progress bar).
     work : callable
         Processes one item (and writes its outputs); its return value is ignored.
     out_dir : path, optional
-        Output folder: ``errors.json`` is written there (atomically) when an image failed,
-        and an ``errors.json`` left by an earlier run is removed when none did.
+        Output folder: created if missing and checked to be writable first (``OSError``
+        otherwise); temporary files left there by a killed run are removed;
+        ``errors.json`` is written there (atomically) when an image failed, and an
+        ``errors.json`` left by an earlier run is removed when none did.
     desc : str
         Label of the progress bar and of the summary line.
     verbose : bool
         Show the progress bar (on a terminal) and print failures and the summary line.
+    total : int, optional
+        Number of items (default: ``len(items)`` when it has one).
+    skipped : int, default 0
+        Images the caller left out because they were done (reported in the summary).
 
     Returns
     -------
@@ -159,47 +180,60 @@ def run_batch(
 
     Notes
     -----
-    Per-image errors (:data:`deepspectral.errors.PER_IMAGE_ERRORS`) are caught, reported
-    and skipped. :data:`deepspectral.errors.FATAL_ERRORS` (the weights cannot be had, a
-    missing optional dependency) stop the batch, as do ``KeyboardInterrupt`` and
-    unexpected exceptions (bugs).
+    Per-image errors (:data:`deepspectral.errors.PER_IMAGE_ERRORS`, e.g. a disk that
+    fills up) are caught, reported and skipped, and the files ``work`` wrote for that
+    image before failing are removed, so a failed image never leaves partial outputs.
+    :data:`deepspectral.errors.FATAL_ERRORS` (the weights cannot be had, a missing
+    optional dependency) stop the batch, as do ``KeyboardInterrupt`` and unexpected
+    exceptions (bugs). When ``errors.json`` cannot be written (a full disk), the failures
+    are printed instead and ``errors_file`` stays None.
     """
     from tqdm.auto import tqdm
 
-    items = list(items)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    summary = RunSummary()
+        out_dir = check_writable_folder(out_dir)
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)
+    summary = RunSummary(skipped=skipped)
     start = time.perf_counter()
-    progress = tqdm(items, desc=desc, unit="img", disable=(not verbose) or None, file=sys.stderr, dynamic_ncols=True)
+    progress = tqdm(items, desc=desc, unit="img", total=total, disable=(not verbose) or None, file=sys.stderr, dynamic_ncols=True)
     try:
         for item in progress:
-            try:
-                work(item)
-            except FATAL_ERRORS:
-                raise
-            except PER_IMAGE_ERRORS as error:
-                summary.failed += 1
-                record = _error_record(item, error)
-                summary.errors.append(record)
-                if verbose:
-                    progress.write(f"{desc}: failed on {record.get('path', record['image'])}: {record['error']}", file=sys.stderr)
-            else:
-                summary.done += 1
+            with recording_writes() as written:
+                try:
+                    work(item)
+                except FATAL_ERRORS:
+                    raise
+                except PER_IMAGE_ERRORS as error:
+                    _remove_files(written)
+                    summary.failed += 1
+                    record = _error_record(item, error)
+                    summary.errors.append(record)
+                    if verbose:
+                        progress.write(f"{desc}: failed on {record.get('path', record['image'])}: {record['error']}", file=sys.stderr)
+                else:
+                    summary.done += 1
     finally:
         progress.close()
         summary.seconds = time.perf_counter() - start
     if out_dir is not None:
-        errors_path = out_dir / ERRORS_FILE
-        if summary.errors:
-            atomic_write_json(errors_path, summary.errors)
-            summary.errors_file = errors_path
-        elif errors_path.exists():
-            errors_path.unlink()
+        _write_errors_file(summary, out_dir / ERRORS_FILE, desc=desc)
     if verbose:
         print(summary.line(desc), flush=True)
     return summary
+
+
+def _write_errors_file(summary: RunSummary, path: Path, *, desc: str) -> None:
+    try:
+        if summary.errors:
+            atomic_write_json(path, summary.errors)
+            summary.errors_file = path
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:  # e.g. the disk is full: say what failed where the user sees it
+        print(f"{desc}: cannot write {path}: {describe_error(error)}", file=sys.stderr)
+        for record in summary.errors:
+            print(f"{desc}: failed on {record.get('path', record['image'])}: {record['error']}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,6 +267,16 @@ class ImageResult:
     decomposition: Decomposition | None = None
     error: BaseException | None = None
     seconds: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The item's name (for messages)."""
+        return str(getattr(self.item, "name", self.item))
+
+    @property
+    def path(self):
+        """The item's file, if it has one."""
+        return getattr(self.item, "path", None)
 
     def check(self) -> "ImageResult":
         """Return ``self``, or raise the error this image met."""
@@ -333,15 +377,26 @@ class Engine:
         out_dir=None,
         desc: str,
         verbose: bool = True,
+        skip: Callable[[Item], bool] | None = None,
     ) -> RunSummary:
         """Run ``work(result)`` on the :class:`ImageResult` of every item, under
         :func:`run_batch`'s error policy (an image whose decoding, features or
-        decomposition failed counts as failed without calling ``work``)."""
+        decomposition failed counts as failed without calling ``work``). Items for which
+        ``skip(item)`` is true (their outputs exist: a resumed run) are not processed and
+        are counted in ``RunSummary.skipped``."""
         items = list(items)
-        results = self.run(items)
+        todo = [item for item in items if not skip(item)] if skip is not None else items
+        results = self.run(todo)
         try:
-            # run() yields exactly one result per item, in order, as run_batch walks them
-            return run_batch(items, lambda item: work(next(results).check()), out_dir=out_dir, desc=desc, verbose=verbose)
+            return run_batch(
+                results,
+                lambda result: work(result.check()),
+                out_dir=out_dir,
+                desc=desc,
+                verbose=verbose,
+                total=len(todo),
+                skipped=len(items) - len(todo),
+            )
         finally:
             results.close()
 

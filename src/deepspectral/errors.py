@@ -9,7 +9,7 @@ is missing), so it stops the run, as do ``ImportError`` and ``KeyboardInterrupt`
 
 from __future__ import annotations
 
-__all__ = ["SetupError", "PER_IMAGE_ERRORS", "FATAL_ERRORS", "describe_error"]
+__all__ = ["SetupError", "PER_IMAGE_ERRORS", "FATAL_ERRORS", "describe_error", "describe_os_error"]
 
 
 class SetupError(RuntimeError):
@@ -26,3 +26,12 @@ def describe_error(error: BaseException) -> str:
     """One line: ``TypeName: message``."""
     message = str(error).strip() or "(no message)"
     return f"{type(error).__name__}: {message}"
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file-system error, naming the file: ``'out/boxes.json': No space left
+    on device``."""
+    reason = error.strerror or str(error).strip() or type(error).__name__
+    if error.filename is not None:
+        return f"'{error.filename}': {reason}"
+    return reason

@@ -5,16 +5,20 @@ Each writer goes through :func:`atomic_write`: the bytes go to a temporary file
 ``.<name>.<pid>.<token>.tmp`` in the target folder, which then replaces the target in one
 step (:func:`os.replace`). A killed process can leave such a temporary file behind;
 :func:`remove_stale_temp_files` deletes those of processes that no longer run.
+:func:`recording_writes` lists the files written in a block, so that the outputs of an
+image that failed halfway can be removed (see :func:`deepspectral.engine.run_batch`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -26,8 +30,12 @@ __all__ = [
     "save_image_atomic",
     "save_png_atomic",
     "remove_stale_temp_files",
+    "recording_writes",
+    "check_writable_folder",
     "file_digest",
 ]
+
+_recorders = threading.local()
 
 
 def file_digest(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
@@ -44,7 +52,8 @@ def atomic_write(path, write_fn: Callable) -> Path:
     temporary file in the same folder, which then replaces ``path`` in one step.
 
     The folder is created when missing. If ``write_fn`` raises, the temporary file is
-    removed and ``path`` is left as it was. The file gets the usual permissions (umask).
+    removed and ``path`` is left as it was (an ``OSError`` that names no file, such as a
+    full disk, is raised again naming ``path``). The file gets the usual permissions (umask).
 
     Returns
     -------
@@ -54,20 +63,61 @@ def atomic_write(path, write_fn: Callable) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    handle = _open_temp(tmp)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
+        with handle:
             write_fn(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        for written in getattr(_recorders, "stack", ()):
+            written.append(path)
+    except BaseException as error:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            # a failed write names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     return path
+
+
+def _open_temp(tmp: Path):
+    """A new binary file handle at ``tmp`` (which must not exist). One place to open every
+    file the package writes, so that tests can inject disk faults here."""
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    return os.fdopen(descriptor, "wb")
+
+
+@contextlib.contextmanager
+def recording_writes() -> Iterator[list]:
+    """Within the block, every file this thread writes with :func:`atomic_write` is
+    appended to the yielded list (blocks may nest; each sees the writes made in it)."""
+    stack = _recorders.__dict__.setdefault("stack", [])
+    written: list[Path] = []
+    stack.append(written)
+    try:
+        yield written
+    finally:
+        stack.remove(written)
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if missing and check that files can be created in it (by creating
+    and removing a temporary file); raise ``OSError`` otherwise. Stale temporary files
+    of killed runs (see :func:`remove_stale_temp_files`) are removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(folder))
+    probe = folder / f".write-check.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.close(descriptor)
+    os.unlink(probe)
+    remove_stale_temp_files(folder)
+    return folder
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .files import atomic_savez, remove_stale_temp_files
+from .files import atomic_savez, check_writable_folder
 from .features import PatchFeatures
 from .spectral import Decomposition
 
@@ -119,12 +119,15 @@ class Store:
     ----------
     root : path
         Cache folder, created when missing; temporary files left by killed runs are removed.
+
+    Raises
+    ------
+    OSError
+        When ``root`` cannot be created or written to (a file, a read-only folder).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(self.root)
+        self.root = check_writable_folder(root)
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.npz"

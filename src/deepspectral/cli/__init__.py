@@ -28,7 +28,7 @@ import argparse
 import importlib
 
 from .._version import __version__
-from .common import EXIT_USAGE, HelpFormatter, UsageError, report_error
+from .common import EXIT_BUG, EXIT_USAGE, HelpFormatter, UsageError, report_bug, report_error
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepspectral",
         description="Deep Spectral Methods: unsupervised object localization and segmentation "
         "from the eigenvectors of a self-supervised ViT's feature affinity.",
-        epilog="Exit status: 0 all images done, 1 some images failed (see OUT/errors.json), "
-        "2 bad arguments or backbone unavailable, 130 interrupted.",
+        epilog="Exit status: 0 all images done, 1 some images failed (see OUT/errors.json) or an "
+        "output could not be written, 2 bad arguments, unusable output folder or backbone "
+        "unavailable (before any work), 130 interrupted, 70 a bug (please report it).",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -78,3 +79,6 @@ def main(argv=None) -> int:
     except UsageError as error:
         report_error(str(error))
         return EXIT_USAGE
+    except Exception:  # anything else is a bug: the one case with a traceback
+        report_bug()
+        return EXIT_BUG

@@ -24,6 +24,7 @@ from .options import (
     output_path,
     require_crf,
 )
+from .resume import add_overwrite, finished_outputs
 
 __all__ = ["register", "FIGURE_MAX_HEIGHT", "BOXES_FILE"]
 
@@ -62,6 +63,8 @@ def register(commands, formatter) -> None:
         add_decomposition(parser)
         add_engine(parser)
         parser.set_defaults(run=lambda args, run=run: _run(args, run))
+    for parser in (eigs, segment):  # localize's boxes.json is remade from the cache on each run
+        add_overwrite(parser)
     localize.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.box.jpg with the box drawn")
     segment.add_argument(
         "--no-crf",
@@ -86,12 +89,17 @@ def _run_eigs(args, engine, inputs):
     from ..store import save_decomposition
     from ..viz import eigenvector_figure
 
-    def work(result) -> None:
-        save_decomposition(output_path(args.out, result.item, ".npz"), result.decomposition)
-        figure = eigenvector_figure(result.image, result.decomposition, max_height=FIGURE_MAX_HEIGHT)
-        save_png_atomic(output_path(args.out, result.item, ".eigs.png"), figure)
+    def outputs(item) -> list:
+        return [output_path(args.out, item, ".npz"), output_path(args.out, item, ".eigs.png")]
 
-    return engine.process(inputs, work, out_dir=args.out, desc="eigs", verbose=not args.quiet)
+    def work(result) -> None:
+        npz, figure_png = outputs(result.item)
+        save_decomposition(npz, result.decomposition)
+        figure = eigenvector_figure(result.image, result.decomposition, max_height=FIGURE_MAX_HEIGHT)
+        save_png_atomic(figure_png, figure)
+
+    skip = finished_outputs(args, "eigs", outputs, weights_id=engine.feature_settings()["weights"])
+    return engine.process(inputs, work, out_dir=args.out, desc="eigs", verbose=not args.quiet, skip=skip)
 
 
 def _run_localize(args, engine, inputs):
@@ -127,10 +135,15 @@ def _run_segment(args, engine, inputs):
     from ..tasks.segment import segment_object
     from ..viz import overlay_mask
 
+    def outputs(item) -> list:
+        suffixes = [".png", ".overlay.jpg"] if args.save_viz else [".png"]
+        return [output_path(args.out, item, suffix) for suffix in suffixes]
+
     def work(result) -> None:
         mask = segment_object(result.decomposition, result.image, crf=args.crf)
         save_png_atomic(output_path(args.out, result.item, ".png"), mask.astype("uint8") * 255)
         if args.save_viz:
             save_image_atomic(output_path(args.out, result.item, ".overlay.jpg"), overlay_mask(result.image, mask), quality=90)
 
-    return engine.process(inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet)
+    skip = finished_outputs(args, "segment", outputs, weights_id=engine.feature_settings()["weights"])
+    return engine.process(inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet, skip=skip)

@@ -26,9 +26,11 @@ from .options import (
     check_weights_and_out,
     engine_from_args,
     inputs_from_args,
+    non_negative_int,
     number_type,
     output_path,
 )
+from .resume import add_overwrite, finished_outputs
 
 __all__ = ["register", "run", "parse_color"]
 
@@ -77,6 +79,7 @@ def register(commands, formatter) -> None:
     add_backbone(parser)
     add_decomposition(parser)
     add_engine(parser)
+    add_overwrite(parser)
     group = parser.add_argument_group("matting")
     group.add_argument(
         "--mode",
@@ -116,7 +119,7 @@ def register(commands, formatter) -> None:
         help="keep the image's own colours in the cut-out and composite (default: foreground colours "
         "estimated where alpha is soft, so no halo of the old background)",
     )
-    group.add_argument("--seed", type=int, default=0, help="seeds the sampled affinities, eigensolver start and k-means")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="seeds the sampled affinities, eigensolver start and k-means")
     parser.set_defaults(run=run)
 
 
@@ -150,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         keep_features=True,
     )  # fmt: skip
 
+    def outputs(item) -> list:
+        suffixes = [ALPHA_SUFFIX, CUTOUT_SUFFIX]
+        suffixes += [LAYER_SUFFIX.format(index=index) for index in range(args.layers or 0)]
+        suffixes += [COMPOSITE_SUFFIX] if background is not None else []
+        return [output_path(args.out, item, suffix) for suffix in suffixes]
+
     def work(result) -> None:
         image = result.image
         found = matte(
@@ -175,4 +184,7 @@ def run(args: argparse.Namespace) -> int:
             composited = composite(image, found.alpha, background, decontaminate=args.decontaminate)
             save_png_atomic(output_path(args.out, result.item, COMPOSITE_SUFFIX), composited)
 
-    return batch_status(lambda: engine.process(inputs, work, out_dir=args.out, desc="matte", verbose=not args.quiet))
+    skip = finished_outputs(args, "matte", outputs, weights_id=engine.feature_settings()["weights"])
+    return batch_status(
+        lambda: engine.process(inputs, work, out_dir=args.out, desc="matte", verbose=not args.quiet, skip=skip)
+    )

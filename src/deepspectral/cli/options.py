@@ -23,6 +23,7 @@ __all__ = [
     "positive_int",
     "non_negative_int",
     "non_negative_float",
+    "positive_float",
     "device_type",
     "add_inputs",
     "add_backbone",
@@ -38,27 +39,29 @@ __all__ = [
 ]
 
 
-def number_type(kind: type = int, minimum: float = 0):
-    """An argparse ``type``: a finite ``int`` or ``float`` at least ``minimum``, with a
-    clear message otherwise."""
+def number_type(kind: type = int, minimum: float = 0, *, exclusive: bool = False):
+    """An argparse ``type``: a finite ``int`` or ``float`` at least ``minimum`` (greater than
+    it when ``exclusive``), with a clear message otherwise."""
     noun = "an integer" if kind is int else "a number"
+    relation = ">" if exclusive else ">="
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {noun} >= {minimum}, got {text!r}")
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {noun} {relation} {minimum}, got {text!r}")
         return value
 
-    parse.__name__ = f"{kind.__name__} >= {minimum}"  # how argparse names it in errors
+    parse.__name__ = f"{kind.__name__} {relation} {minimum}"  # how argparse names it in errors
     return parse
 
 
 positive_int = number_type(int, 1)
 non_negative_int = number_type(int, 0)
 non_negative_float = number_type(float, 0)
+positive_float = number_type(float, 0, exclusive=True)
 
 
 def device_type(text: str) -> str:
@@ -178,14 +181,28 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
 
 
 def check_weights_and_out(args: argparse.Namespace) -> None:
-    """Raise :class:`UsageError` when ``--weights`` names no file or ``-o/--out`` exists
-    and is not a folder (either option may be absent or None)."""
+    """Raise :class:`UsageError` when ``--weights`` names no file, or when ``-o/--out`` or
+    ``--cache`` cannot be used as a folder to write in (a file, a read-only folder); each
+    option may be absent or None. The folders are created when missing, and temporary
+    files left there by a killed run are removed."""
+    from ..errors import describe_os_error
+    from ..files import check_writable_folder
+
     weights = getattr(args, "weights", None)
     if isinstance(weights, Path) and not weights.is_file():
         raise UsageError(f"--weights: no such file: '{weights}'")
-    out = getattr(args, "out", None)
-    if out is not None and out.exists() and not out.is_dir():
-        raise UsageError(f"-o/--out: '{out}' exists and is not a folder")
+    folders = {"-o/--out": getattr(args, "out", None)}
+    if not getattr(args, "no_cache", False):
+        folders["--cache"] = getattr(args, "cache", None)
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option}: '{folder}' exists and is not a folder")
+        try:
+            check_writable_folder(folder)
+        except OSError as error:
+            raise UsageError(f"{option}: cannot write in the folder: {describe_os_error(error)}") from None
 
 
 def require_crf() -> None:

@@ -28,6 +28,7 @@ from .options import (
     non_negative_int,
     output_path,
     positive_int,
+    positive_float,
 )
 
 __all__ = ["register"]
@@ -99,7 +100,7 @@ def register(commands, formatter) -> None:
     train.add_argument("run_dir", type=Path, metavar="RUN", help="folder written by `semseg fit`")
     train.add_argument("--steps", type=positive_int, default=2000)
     train.add_argument("--batch-size", type=positive_int, default=144)
-    train.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (linear decay to 0)")
+    train.add_argument("--lr", type=positive_float, default=1e-4, help="initial learning rate (linear decay to 0)")
     train.add_argument("--crop-size", type=positive_int, default=224, help="random square crops")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--arch", choices=("resnet50", "resnet18", "resnet10t"), default="resnet50",

@@ -1,0 +1,85 @@
+"""Which images a rerun skips: the run record of an output folder.
+
+A command that writes files per image (``eigs``, ``segment``, ``matte``) writes
+``OUT/.deepspectral-run.json`` before its first image: the command, every option that
+changes an output, the backbone's weights and the library version. A rerun with the
+same record skips each image whose output files all exist and are newer than the record
+(written by a run with these settings, whole: every file is written atomically); a rerun
+with other settings — or ``--overwrite`` — writes a new record, so every older output is
+recomputed, even when that run is killed and resumed in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable
+
+from .._version import __version__
+
+__all__ = ["RUN_RECORD", "NEUTRAL_OPTIONS", "add_overwrite", "finished_outputs"]
+
+#: The run record, in the output folder.
+RUN_RECORD = ".deepspectral-run.json"
+#: Options that never change an output file (left out of the run record): where inputs and
+#: outputs are, the progress display, and the speed / caching knobs (tested to give
+#: byte-identical outputs).
+NEUTRAL_OPTIONS = frozenset({"inputs", "out", "quiet", "batch_size", "workers", "cache", "no_cache", "overwrite", "run"})
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: recompute the outputs a rerun would skip."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute and rewrite every output (default: a rerun with the same settings skips "
+        "the images whose outputs it finished)",
+    )
+
+
+def _record(args: argparse.Namespace, command: str, weights_id: str) -> dict:
+    options = {
+        name: (str(value) if isinstance(value, Path) else value)
+        for name, value in sorted(vars(args).items())
+        if name not in NEUTRAL_OPTIONS and not callable(value)
+    }
+    return {"command": command, "options": options, "weights": weights_id, "version": __version__}
+
+
+def finished_outputs(
+    args: argparse.Namespace, command: str, outputs: Callable[[object], list[Path]], *, weights_id: str
+) -> Callable[[object], bool]:
+    """Write the run record of ``args.out`` when it changed and return ``skip(item)``: true
+    when every file of ``outputs(item)`` exists and is newer than the record.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The command's options (``args.out`` the output folder, ``args.overwrite``).
+    command : str
+        Name of the command (part of the record).
+    outputs : callable
+        The output files of one item.
+    weights_id : str
+        Identity of the backbone's weights (e.g. ``Engine.feature_settings()["weights"]``).
+    """
+    from ..files import atomic_write_json
+
+    path = args.out / RUN_RECORD
+    record = json.loads(json.dumps(_record(args, command, weights_id), default=str))
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if args.overwrite or previous != record:
+        atomic_write_json(path, record)
+    since = path.stat().st_mtime_ns
+
+    def skip(item) -> bool:
+        try:
+            return all(output.stat().st_mtime_ns >= since for output in outputs(item))
+        except FileNotFoundError:
+            return False
+
+    return skip
