@@ -189,9 +189,23 @@ def orient_eigenvectors(eigenvectors: np.ndarray) -> np.ndarray:
 
 def coarse_mask(decomposition: Decomposition, index: int = 1) -> np.ndarray:
     """``y_index > 0`` on the working grid, ``(h, w) bool``: the minority side of the
-    eigenvector by the sign convention (the Fiedler vector's by default). With fewer than
-    two eigenvectors (a one-cell grid) the whole grid is returned."""
-    if decomposition.eigenvectors.shape[0] <= index:
+    eigenvector by the sign convention (the Fiedler vector's by default). A grid with no
+    more than ``index`` cells has no such eigenvector: the whole grid is returned.
+
+    Raises
+    ------
+    ValueError
+        When the decomposition was computed with too few eigenvectors for ``index``
+        (e.g. ``n_eigenvectors=1``: the constant one only).
+    """
+    count = decomposition.eigenvectors.shape[0]
+    if count <= index:
+        grid_nodes = int(np.prod(decomposition.grid_size))
+        if grid_nodes > count:
+            raise ValueError(
+                f"decomposition: has {count} eigenvector(s) but this needs eigenvector {index}; "
+                f"decompose with n_eigenvectors >= {index + 1}"
+            )
         return np.ones(decomposition.grid_size, dtype=bool)
     return decomposition.eigenvectors[index] > 0
 
