@@ -79,6 +79,7 @@ def _check_bad_weights_message(text: str, path: Path) -> None:
     assert "valid checkpoint" in text and "torch.save" in text
     # never torch's advice to load unsafely, nor its multi-line text
     assert "weights_only=False" not in text and "set to `False`" not in text and "\n" not in text.strip()
+    assert "safe_globals" not in text and "allowlist" not in text  # nor to allow the object it refers to
     # the reason is a sentence: no empty exception text (". ") nor a bare key ("101.")
     assert ": ." not in text and ": ;" not in text and ": 101" not in text
 
@@ -268,6 +269,7 @@ def test_bad_weights_file_is_one_clear_line(tmp_path, capsys, kind):
     _check_bad_weights_message(str(raised.value), bad)
     if kind == "malicious":
         assert "not a plain checkpoint" in str(raised.value) and "state_dict()" in str(raised.value)
+        assert "shutil.rmtree" in str(raised.value)  # what it would have run, named
 
     images, _, _ = _mask_dataset(tmp_path / "data", n=1)
     assert main(["localize", str(images), "-o", str(tmp_path / "out"), "--weights", str(bad), "--device", "cpu",

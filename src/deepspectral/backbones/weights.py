@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -178,15 +179,11 @@ def _one_line(text: str) -> str:
 
 
 def _unsafe_pickle_reason(exc: BaseException) -> str:
-    """What torch's weights-only unpickler refused (e.g. ``Unsupported global: GLOBAL
-    posix.system``), without torch's advice to load the file unsafely."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    detail = text.split(marker, 1)[1] if marker in text else ""
-    detail = detail.split("Check the documentation", 1)[0]
-    lines = [line.strip() for line in detail.splitlines() if line.strip()]
-    reason = lines[0] if lines and "weights_only" not in lines[0] else ""
-    return f" ({reason})" if reason else ""
+    """The Python object torch's weights-only unpickler refused (`` (it refers to
+    posix.system)``), or nothing; never torch's advice, which is to load the file unsafely
+    or to allowlist the object."""
+    found = re.search(r"GLOBAL ([A-Za-z_][\w.]*)", str(exc))
+    return f" (it refers to {found.group(1)})" if found else ""
 
 
 def _unreadable_reason(path: Path, exc: BaseException) -> str:
@@ -203,8 +200,8 @@ def _unreadable_reason(path: Path, exc: BaseException) -> str:
         return f"it is not a torch.save or .safetensors file (it begins with {head!r})"
     if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
         return (
-            "it is not a plain checkpoint: it holds Python objects besides tensors, which a safe "
-            f"load does not run{_unsafe_pickle_reason(exc)}; {_CONVERT_HELP}"
+            "it is not a plain checkpoint: it holds Python objects besides tensors, which the safe "
+            f"loader refuses{_unsafe_pickle_reason(exc)}; {_CONVERT_HELP}"
         )
     detail = _one_line(str(exc)).split(". ")[0]
     return f"it is damaged or truncated ({type(exc).__name__}: {detail})" if detail else (
