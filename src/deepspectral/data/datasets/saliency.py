@@ -83,9 +83,9 @@ def load_mask_folder(
         raise ValueError(f"crop: expected 'none' or 'center', got {crop!r}")
     image_files = _files_by_key(images)
     mask_files = _files_by_key(masks)
-    for arg, folder, found in (("images", images, image_files), ("masks", masks, mask_files)):
+    for arg, what, folder, found in (("images", "image", images, image_files), ("masks", "mask", masks, mask_files)):
         if not found:
-            raise ValueError(f"{arg}: no image files in '{folder}' (is it the right folder?)")
+            raise ValueError(f"{arg}: no {what} files in '{folder}' (is it the right folder?)")
     by_stem: dict[str, list[Path]] = {}
     for key, path in mask_files.items():
         by_stem.setdefault(PurePosixPath(key).name, []).append(path)
