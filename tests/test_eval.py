@@ -162,9 +162,10 @@ def test_score_boxes_matches_brute_force(tmp_path):
     out = tmp_path / "out"
     argv = ["eval", "localization", "--pred", str(pred), "--dataset", "masks", "--images", str(images),
             "--masks", str(masks), "-o", str(out), "-q"]  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == 1  # an image without a prediction is a failed image
     results = json.loads((out / "results.json").read_text())
     assert results["corloc"] == pytest.approx(2 / 4)
+    assert [r["image"] for r in json.loads((out / "errors.json").read_text())] == ["im3"]
     ious = {r["image"]: r["iou"] for r in results["per_image"]}
     assert ious == pytest.approx({"im0": 1.0, "im1": 0.5, "im2": 0.0})
     assert results["n_failed"] == 1 and results["version"]

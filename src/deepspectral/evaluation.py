@@ -81,6 +81,12 @@ class EvalResult:
         Wall time of the evaluation.
     figure_rows : list of list of (H, W, 3) uint8
         Up to ``figure_rows`` picture rows (for :func:`deepspectral.viz.picture_grid`).
+    n_counted : int or None
+        Images the metrics are taken over (their denominator): the images scored plus the
+        failed ones counted as misses; ``None``: the images scored.
+    scope : str
+        One sentence saying what the metrics are over and how failed images count (printed
+        by ``deepspectral eval``, stored in ``results.json``).
     """
 
     task: str
@@ -90,6 +96,8 @@ class EvalResult:
     errors: list = field(default_factory=list)
     seconds: float = 0.0
     figure_rows: list = field(default_factory=list, repr=False)
+    n_counted: int | None = None
+    scope: str = ""
 
     def to_json(self, *, settings: dict, paper: PaperNumber | None = None) -> dict:
         """The result as ``results.json`` holds it.
@@ -105,8 +113,9 @@ class EvalResult:
         -------
         dict
             The metrics at the top level (non-finite values as ``None``), then ``task``,
-            ``dataset``, ``n_images``, ``n_failed``, ``seconds``, ``settings``, ``paper``,
-            ``version``, ``per_image`` and ``errors``.
+            ``dataset``, ``n_images`` (scored), ``n_failed``, ``metrics_over`` (the
+            metrics' denominator: images), ``metrics_scope`` (:attr:`scope`), ``seconds``,
+            ``settings``, ``paper``, ``version``, ``per_image`` and ``errors``.
         """
         from ._version import __version__
 
@@ -117,6 +126,8 @@ class EvalResult:
                 "dataset": self.dataset,
                 "n_images": len(self.per_image),
                 "n_failed": len(self.errors),
+                "metrics_over": len(self.per_image) if self.n_counted is None else self.n_counted,
+                "metrics_scope": self.scope,
                 "seconds": round(self.seconds, 3),
                 "settings": settings,
                 "paper": None
@@ -173,6 +184,71 @@ def _loop_decomposed(dataset, decompose: Callable, work: Callable, *, desc: str,
 def _check_figure_rows(figure_rows) -> None:
     if not isinstance(figure_rows, (int, np.integer)) or isinstance(figure_rows, bool) or figure_rows < 0:
         raise ValueError(f"figure_rows: expected an integer >= 0, got {figure_rows!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Failed images in the metrics: the whole dataset is the denominator
+# ---------------------------------------------------------------------------------------
+
+
+def _corloc_over_dataset(per_image: list, errors: list, what: str) -> tuple[float, int, str]:
+    """CorLoc over every image attempted: an image in ``errors`` (no box: ``what``, e.g.
+    "without a prediction") counts as a miss. Returns the CorLoc (NaN for no image), its
+    denominator and the sentence saying so."""
+    n = len(per_image) + len(errors)
+    corloc = sum(bool(r["correct"]) for r in per_image) / n if n else float("nan")
+    scope = f"corloc over all {n} images"
+    if errors:
+        scope += f": the {len(errors)} {what} count as misses"
+    return float(corloc), n, scope
+
+
+def _empty_mask_scores(dataset, errors: list) -> tuple[list, list, int]:
+    """Scores of an empty (all-background) predicted mask for every failed image of a mask
+    dataset: how a missing prediction counts (a miss: IoU 0 with a non-empty object).
+
+    Returns
+    -------
+    records : list of dict
+        ``{"iou", "accuracy"}`` of each failed image whose ground truth could be read.
+    curves : list of (precision, recall)
+        Their precision/recall curves (as an all-zero mask file is scored).
+    unreadable : int
+        Failed images whose ground truth could not be read either (left out).
+    """
+    from .errors import PER_IMAGE_ERRORS
+    from .metrics import mask_iou, pixel_accuracy, precision_recall_curve
+
+    samples = {sample.image_id: sample for sample in dataset}
+    records, curves, unreadable = [], [], 0
+    for error in errors:
+        sample = samples.get(error["image"])
+        try:
+            gt = sample.load_mask() if sample is not None else None
+        except PER_IMAGE_ERRORS:
+            gt = None
+        if gt is None:
+            unreadable += 1
+            continue
+        empty = np.zeros(gt.shape, dtype=bool)
+        records.append({"iou": mask_iou(empty, gt), "accuracy": pixel_accuracy(empty, gt)})
+        curves.append(precision_recall_curve(empty, gt))
+    return records, curves, unreadable
+
+
+def _segmentation_result(dataset, per_image: list, curves: list, errors: list, what: str, seconds: float,
+                         rows: list | None = None) -> EvalResult:
+    """The segmentation metrics over the whole dataset: the images scored plus every image
+    in ``errors`` (``what``, e.g. "without a prediction") scored as an empty mask."""
+    missed, missed_curves, unreadable = _empty_mask_scores(dataset, errors)
+    metrics = _segmentation_scores(per_image + missed, curves + missed_curves)
+    n = len(per_image) + len(missed)
+    scope = f"miou, accuracy and max_fbeta over {'all ' if not unreadable else ''}{n} images"
+    if missed:
+        scope += f": the {len(missed)} {what} are scored as empty masks (a miss)"
+    if unreadable:
+        scope += f"; {unreadable} {what} whose ground truth cannot be read either are left out"
+    return EvalResult("segmentation", dataset.name, metrics, per_image, errors, seconds, rows or [], n, scope)
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,10 +351,9 @@ def evaluate_localization(
 
     _loop_decomposed(dataset, decompose, one, desc=f"localization {dataset.name}", verbose=verbose, errors=errors)
     # an image that failed gave no box: it counts as a miss (CorLoc over the whole dataset)
-    attempted = len(per_image) + len(errors)
-    corloc = sum(r["correct"] for r in per_image) / attempted if attempted else float("nan")
+    corloc, n, scope = _corloc_over_dataset(per_image, errors, "that failed")
     return EvalResult(
-        "localization", dataset.name, {"corloc": corloc}, per_image, errors, time.perf_counter() - start, rows
+        "localization", dataset.name, {"corloc": corloc}, per_image, errors, time.perf_counter() - start, rows, n, scope
     )
 
 
@@ -325,9 +400,10 @@ def evaluate_segmentation(
     Returns
     -------
     EvalResult
-        ``metrics = {"miou", "accuracy", "max_fbeta"}``: means over the images scored (the
-        ones that failed are listed in ``errors``); per image ``iou`` and ``accuracy``.
-        Picture rows from :func:`deepspectral.viz.segmentation_row`.
+        ``metrics = {"miou", "accuracy", "max_fbeta"}`` over every image of the dataset:
+        one that failed (listed in ``errors``) is scored as an empty mask (a miss); per
+        image ``iou`` and ``accuracy`` of the images scored. Picture rows from
+        :func:`deepspectral.viz.segmentation_row`.
     """
     from .metrics import mask_iou, pixel_accuracy, precision_recall_curve
     from .tasks.segment import segment_object_probability
@@ -351,10 +427,7 @@ def evaluate_segmentation(
             rows.append(segmentation_row(image, decomposition, mask, gt))
 
     _loop_decomposed(dataset, decompose, one, desc=f"segmentation {dataset.name}", verbose=verbose, errors=errors)
-    return EvalResult(
-        "segmentation", dataset.name, _segmentation_scores(per_image, curves), per_image, errors,
-        time.perf_counter() - start, rows,
-    )  # fmt: skip
+    return _segmentation_result(dataset, per_image, curves, errors, "that failed", time.perf_counter() - start, rows)
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,7 +460,9 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
     if not isinstance(predictions, list):
         raise ValueError(f"predictions: expected a list of records, got {type(predictions).__name__}")
     table = {}
-    for record in predictions:
+    for index, record in enumerate(predictions):
+        if not isinstance(record, dict):
+            raise ValueError(f"predictions: record {index} is a {type(record).__name__}, not an object with image and box_xyxy")
         for key in _prediction_key(record.get("image") or record.get("file", "")):
             table.setdefault(key, record)
     per_image, errors = [], []
@@ -397,7 +472,13 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
         record = table.get(sample.image_id) or table.get(_prediction_key(sample.image_id)[1])
         if record is None:
             raise ValueError("no prediction for this image")
-        box = [float(v) for v in record["box_xyxy"]]
+        box = record.get("box_xyxy")
+        try:
+            box = [float(v) for v in box]
+            if len(box) != 4 or not all(map(math.isfinite, box)):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"the prediction has no box_xyxy of 4 numbers (got {record.get('box_xyxy')!r})") from None
         gt = _gt_boxes(sample)
         per_image.append(
             {
@@ -410,9 +491,10 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
 
     _loop(dataset, one, desc=f"score {dataset.name}", verbose=verbose, errors=errors)
     # a missing prediction is a wrong one: CorLoc over every image of the dataset
-    n = len(per_image) + len(errors)
-    corloc = sum(r["correct"] for r in per_image) / n if n else float("nan")
-    return EvalResult("localization", dataset.name, {"corloc": float(corloc)}, per_image, errors, time.perf_counter() - start)
+    corloc, n, scope = _corloc_over_dataset(per_image, errors, "without a usable prediction")
+    return EvalResult(
+        "localization", dataset.name, {"corloc": corloc}, per_image, errors, time.perf_counter() - start, [], n, scope
+    )
 
 
 def score_mask_predictions(dataset, pred_dir, *, verbose: bool = True) -> EvalResult:
@@ -432,8 +514,9 @@ def score_mask_predictions(dataset, pred_dir, *, verbose: bool = True) -> EvalRe
     Returns
     -------
     EvalResult
-        As :func:`evaluate_segmentation`, without picture rows; images without a mask are
-        listed in ``errors``.
+        As :func:`evaluate_segmentation`, without picture rows: the metrics are over every
+        image of the dataset; an image without a usable mask (missing, unreadable, of
+        another size) is listed in ``errors`` and scored as an empty mask (a miss).
     """
     from PIL import Image
 
@@ -458,9 +541,8 @@ def score_mask_predictions(dataset, pred_dir, *, verbose: bool = True) -> EvalRe
         per_image.append({"image": sample.image_id, "iou": mask_iou(mask, gt), "accuracy": pixel_accuracy(mask, gt)})
 
     _loop(dataset, one, desc=f"score {dataset.name}", verbose=verbose, errors=errors)
-    return EvalResult(
-        "segmentation", dataset.name, _segmentation_scores(per_image, curves), per_image, errors, time.perf_counter() - start
-    )
+    return _segmentation_result(dataset, per_image, curves, errors, "without a usable prediction",
+                                time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,8 +576,9 @@ def evaluate_semseg(
     Returns
     -------
     result : EvalResult
-        ``metrics = {"miou", "accuracy"}``; per image the pixel ``accuracy`` under the
-        dataset-wide mapping.
+        ``metrics = {"miou", "accuracy"}`` over every image of the dataset: one that failed
+        (listed in ``errors``) counts as predicted all background (label 0); per image the
+        pixel ``accuracy`` under the dataset-wide mapping.
     scores : deepspectral.metrics.MatchedScores
         The matching, the trimmed confusion matrix and the IoU of each class.
     """
@@ -523,6 +606,9 @@ def evaluate_semseg(
         per_image_confusion.append((sample.image_id, matrix))
 
     _loop(dataset, one, desc=f"semseg {dataset.name}", verbose=verbose, errors=errors)
+    # a failed image predicted nothing: all background (label 0), a miss of its objects
+    missed, unreadable = _background_confusions(dataset, errors, n_classes)
+    confusion[0, :] += missed
     used = int(np.nonzero(confusion.sum(axis=1))[0].max()) + 1 if confusion.any() else n_classes
     trimmed = confusion[: max(used, 1)]
     scores = (majority_vote_miou if majority else hungarian_miou)(trimmed)
@@ -532,5 +618,35 @@ def evaluate_semseg(
         total = int(matrix.sum())
         per_image.append({"image": image_id, "accuracy": hit / total if total else None})
     metrics = {"miou": scores.miou, "accuracy": scores.pixel_accuracy}
-    result = EvalResult("semantic", dataset.name, metrics, per_image, errors, time.perf_counter() - start)
+    n = len(per_image) + len(errors) - unreadable
+    scope = f"miou and accuracy over {'all ' if not unreadable else ''}{n} images"
+    if len(errors) > unreadable:
+        scope += f": the {len(errors) - unreadable} that failed are scored as all background (a miss)"
+    if unreadable:
+        scope += f"; {unreadable} that failed whose label map cannot be read either are left out"
+    result = EvalResult("semantic", dataset.name, metrics, per_image, errors, time.perf_counter() - start, [], n, scope)
     return result, scores
+
+
+def _background_confusions(dataset, errors: list, n_classes: int) -> tuple[np.ndarray, int]:
+    """Ground-truth pixel counts per class (:data:`~deepspectral.metrics.IGNORE_LABEL`
+    skipped) over the failed images: the confusion row of a prediction that is all
+    background. Returns ``((n_classes,) int64, failed images whose label map cannot be
+    read)``."""
+    from .errors import PER_IMAGE_ERRORS
+    from .metrics import IGNORE_LABEL
+
+    samples = {sample.image_id: sample for sample in dataset}
+    counts, unreadable = np.zeros(n_classes, dtype=np.int64), 0
+    for error in errors:
+        sample = samples.get(error["image"])
+        try:
+            gt = np.asarray(sample.load_labels()) if sample is not None else None
+        except PER_IMAGE_ERRORS:
+            gt = None
+        valid = None if gt is None else gt[gt != IGNORE_LABEL]
+        if valid is None or (valid.size and valid.max() >= n_classes):
+            unreadable += 1
+            continue
+        counts += np.bincount(valid.astype(np.int64), minlength=n_classes)
+    return counts, unreadable

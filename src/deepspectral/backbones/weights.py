@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -34,6 +35,7 @@ from .registry import BACKBONES, BackboneConfig, get_backbone_config
 
 __all__ = [
     "WeightsUnavailableError",
+    "VALID_CHECKPOINT",
     "check_weights_path",
     "normalize_state_dict",
     "read_state_dict",
@@ -129,7 +131,7 @@ def normalize_state_dict(raw: Any, *, source: str) -> dict:
         state = inner
     if not isinstance(state, Mapping):
         raise ValueError(
-            f"weights: '{source}' does not hold a state dict (found {type(state).__name__})"
+            f"weights: '{source}' does not hold a state dict (found {type(state).__name__}); {VALID_CHECKPOINT}"
         )
 
     out = {}
@@ -147,8 +149,82 @@ def normalize_state_dict(raw: Any, *, source: str) -> dict:
         out[key] = value
     if not out:
         keys = list(state)[:8]
-        raise ValueError(f"weights: no backbone tensors found in '{source}' (top-level keys: {keys})")
+        raise ValueError(
+            f"weights: no backbone tensors found in '{source}' (top-level keys: {keys}); {VALID_CHECKPOINT}"
+        )
     return out
+
+
+#: What a valid checkpoint is, the end of every message about a file that is not one.
+VALID_CHECKPOINT = (
+    "a valid checkpoint is a state dict of tensors saved with torch.save (the published "
+    "DINO/DINOv2 .pth, a timm or torchvision state dict) or a .safetensors file"
+)
+#: How to turn a checkpoint that holds more than tensors into a valid one (said instead of
+#: torch's advice to load it unsafely, which the project never gives).
+_CONVERT_HELP = (
+    "to convert a checkpoint you trust, save only its tensors where it was made: "
+    "torch.save(model.state_dict(), 'weights.pth')"
+)
+#: First bytes of the files ``torch.save`` writes: a zip archive (torch >= 1.6) or a
+#: pickle (protocol 2+ opcode PROTO, the legacy format).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+#: Bytes of a file shown when it is not a checkpoint at all.
+_SHOWN_BYTES = 24
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its whitespace runs (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def _unsafe_pickle_reason(exc: BaseException) -> str:
+    """The Python object torch's weights-only unpickler refused (`` (it refers to
+    posix.system)``), or nothing; never torch's advice, which is to load the file unsafely
+    or to allowlist the object."""
+    found = re.search(r"GLOBAL ([A-Za-z_][\w.]*)", str(exc))
+    return f" (it refers to {found.group(1)})" if found else ""
+
+
+def _unreadable_reason(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in words: empty, not a torch
+    file at all, a pickle holding more than tensors, or damaged."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SHOWN_BYTES)
+    except OSError as error:
+        return f"it cannot be opened ({error.strerror or error})"
+    if not head:
+        return "the file is empty (0 bytes)"
+    if not head.startswith(_TORCH_MAGIC):
+        return f"it is not a torch.save or .safetensors file (it begins with {head!r})"
+    if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        return (
+            "it is not a plain checkpoint: it holds Python objects besides tensors, which the safe "
+            f"loader refuses{_unsafe_pickle_reason(exc)}; {_CONVERT_HELP}"
+        )
+    detail = _one_line(str(exc)).split(". ")[0]
+    return f"it is damaged or truncated ({type(exc).__name__}: {detail})" if detail else (
+        f"it is damaged or truncated ({type(exc).__name__})"
+    )
+
+
+def _torch_load_tensors(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU; a ``ValueError`` naming the file,
+    why it is no checkpoint and what a valid one is, on any failure."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # "Detected pickle protocol N": torch's note on a file that then fails anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, KeyError, ...
+        raise ValueError(
+            f"weights: cannot read '{path}': {_unreadable_reason(path, exc)}; {VALID_CHECKPOINT}"
+        ) from exc
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
@@ -174,8 +250,6 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         The file cannot be read with ``weights_only=True`` / ``safetensors``, or holds no
         backbone tensor; the message names the file.
     """
-    import torch
-
     path = check_weights_path(path)
     if path.suffix.lower() == ".safetensors":
         try:
@@ -188,17 +262,12 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         try:
             raw = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"weights: could not read safetensors file '{path}': {exc}") from exc
-    else:
-        try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, ...
             raise ValueError(
-                f"weights: could not read '{path}' with torch.load(weights_only=True): {exc}. "
-                "Expected a state dict of tensors (the published DINO/DINOv2 .pth, a timm "
-                "state dict saved with torch.save, or a .safetensors file); a full training "
-                "checkpoint with optimizer state must be reduced to its 'teacher' state dict first."
+                f"weights: cannot read '{path}': not a valid .safetensors file "
+                f"({type(exc).__name__}: {_one_line(exc)}); {VALID_CHECKPOINT}"
             ) from exc
+    else:
+        raw = _torch_load_tensors(path)
     return normalize_state_dict(raw, source=str(path))
 
 

@@ -9,7 +9,10 @@
 
 ``OUT/results.json`` holds the aggregate metrics at its top level (``corloc``; or
 ``miou``, ``accuracy``, ``max_fbeta``; fractions in [0, 1]), ``per_image`` scores, the
-settings, the paper's number for the same setting and the library version;
+settings, the paper's number for the same setting and the library version. The metrics are
+over every image of the dataset: an image that failed, or has no prediction with
+``--pred``, counts as a miss (no box; an empty mask), is listed in ``OUT/errors.json`` and
+makes the exit status 1; the printed result says what the metrics are over;
 ``OUT/figure.png`` is a picture grid (image, Fiedler eigenvector, box green when correct /
 red when not against the ground truth in blue, mask) and ``OUT/iou_histogram.png`` the
 histogram of per-image IoU. ``--sweep knn_lambda=0,1,8,10`` runs a grid of settings
@@ -57,6 +60,8 @@ RESULTS_FILE = "results.json"
 FIGURE_FILE = "figure.png"
 HISTOGRAM_FILE = "iou_histogram.png"
 SWEEP_FILE = "sweep.json"
+#: Failed images named on stderr when there is no output folder to list them all.
+_FAILED_NAMED = 5
 
 
 def _choice(names: tuple[str, ...]):
@@ -264,11 +269,14 @@ def _run_eval(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             return _error(f"--pred: {error}")
         settings = {"pred": str(args.pred)}
-        print(f"\n{task} on {dataset.name}: {len(result.per_image)} images scored, {len(result.errors)} without prediction")
+        print(f"\n{task} on {dataset.name}: {len(dataset)} images, {len(result.per_image)} scored, "
+              f"{len(result.errors)} failed (no usable prediction)")  # fmt: skip
+        _print_scope(result)
         _print_table(["metric", "ours", "paper", "source"], _summary_rows(result, None))
         if args.out is not None:
             _write_outputs(args.out, result, settings, None, 0)
-        return 0
+        _print_failed(result, args.out)
+        return 1 if result.errors else 0
 
     base = _settings(args)
     sweep_keys = [k for k, _ in args.sweep]
@@ -308,10 +316,13 @@ def _run_eval(args: argparse.Namespace) -> int:
             f"{result.seconds / max(len(result.per_image) + len(result.errors), 1):.2f} s per image "
             f"({settings['backbone']}, knn_lambda={settings['knn_lambda']:g})"
         )
+        _print_scope(result)
         _print_table(["metric", "ours", "paper", "source"], _summary_rows(result, paper))
+        target = None
         if args.out is not None:
             target = args.out if not combo else args.out / label.replace("=", "-").replace(",", "_")
             _write_outputs(target, result, settings, paper, args.figure_rows)
+        _print_failed(result, target)
         summary.append((combo, result, paper))
 
     if combo and len(combos) > 1:
@@ -323,11 +334,13 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_semseg(args: argparse.Namespace) -> int:
     """``eval semseg``: exit status 0, 1 when an image failed, 2 on bad arguments or a run
     that cannot be loaded."""
+    from ..backbones import WeightsUnavailableError
     from ..data.datasets import VOC_CLASSES, load_voc_segmentation
     from ..evaluation import evaluate_semseg
-    from ..paper import paper_number
     from ..files import atomic_write_json
+    from ..paper import paper_number
 
+    check_weights_and_out(args)
     try:
         dataset = load_voc_segmentation(args.root, year=2012, split=args.split).subset(limit=args.limit, seed=args.seed)
     except ValueError as error:
@@ -340,7 +353,11 @@ def _run_semseg(args: argparse.Namespace) -> int:
         return _error(f"semantic segmentation is not available in this installation: {error}")
     try:
         run = load_run(args.run_dir, device=args.device, weights=args.weights, use=args.use)
-    except (OSError, ValueError, KeyError) as error:
+        if hasattr(run, "prepare"):
+            run.prepare()  # load the backbone / network now: a missing or changed file is a usage error
+    except WeightsUnavailableError as error:
+        return _error(str(error))
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         return _error(f"--run: cannot load '{args.run_dir}': {error}")
     result, scores = evaluate_semseg(dataset, run.predict, majority=args.majority, verbose=not args.quiet)
     n_clusters = int(scores.confusion.shape[0]) - 1
@@ -351,6 +368,7 @@ def _run_semseg(args: argparse.Namespace) -> int:
     )
     print(f"\nsemantic segmentation on VOC12 {args.split}: {len(result.per_image)} images, {len(result.errors)} failed, "
           f"{scores.method} matching")  # fmt: skip
+    _print_scope(result)
     _print_table(["metric", "ours", "paper", "source"], _summary_rows(result, paper))
     print("\nIoU per class:")
     _print_table(["class", "IoU"], [[name, _fmt(float(v), True)] for name, v in zip(VOC_CLASSES, scores.iou_per_class)])
@@ -362,6 +380,8 @@ def _run_semseg(args: argparse.Namespace) -> int:
         payload.update({"iou_per_class": scores.to_dict(VOC_CLASSES)["iou_per_class"],
                         "mapping": scores.to_dict()["mapping"]})  # fmt: skip
         atomic_write_json(args.out / RESULTS_FILE, payload)
+        _write_errors(args.out, result)
+    _print_failed(result, args.out)
     return 1 if result.errors else 0
 
 
@@ -409,14 +429,53 @@ def _summary_rows(result: EvalResult, paper: PaperNumber | None) -> list[list[st
     return rows
 
 
+def _print_scope(result: EvalResult) -> None:
+    """The line saying what the metrics are over (their denominator) and how failed images
+    count."""
+    if result.scope:
+        print(f"({result.scope})")
+
+
+def _print_failed(result: EvalResult, out: Path | None) -> None:
+    """On stderr: how many images failed and where they are listed (the first few named
+    when there is no output folder)."""
+    from ..engine import ERRORS_FILE
+
+    if not result.errors:
+        return
+    if out is not None:
+        where = f"listed in {out / ERRORS_FILE}"
+    else:
+        names = ", ".join(record["image"] for record in result.errors[:_FAILED_NAMED])
+        more = f", ... ({len(result.errors)} in all)" if len(result.errors) > _FAILED_NAMED else ""
+        where = f"{names}{more} (-o OUT lists them all in OUT/{ERRORS_FILE})"
+    print(f"{len(result.errors)} image(s) failed: {where}", file=sys.stderr)
+
+
+def _write_errors(out: Path, result: EvalResult) -> None:
+    """``OUT/errors.json``: the failed images, ``{"image", "error"}`` each, as every
+    command writes it; an ``errors.json`` left by an earlier run is removed when none
+    failed."""
+    from ..engine import ERRORS_FILE
+    from ..files import atomic_write_json
+
+    path = out / ERRORS_FILE
+    if result.errors:
+        atomic_write_json(path, result.errors)
+    elif path.exists():
+        path.unlink()
+
+
 def _write_outputs(out: Path, result: EvalResult, settings: dict, paper: PaperNumber | None, figure_rows: int) -> None:
-    """``OUT/results.json``, ``OUT/figure.png`` (when there are picture rows) and
-    ``OUT/iou_histogram.png`` (when there are per-image IoUs), written atomically."""
+    """``OUT/results.json``, ``OUT/errors.json`` (when an image failed),
+    ``OUT/figure.png`` (when there are picture rows) and ``OUT/iou_histogram.png`` (when
+    there are per-image IoUs), written atomically."""
     from ..files import atomic_write_json, save_png_atomic
     from ..viz import iou_histogram, picture_grid
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RESULTS_FILE, result.to_json(settings=settings, paper=paper))
+    _write_errors(out, result)
     if result.figure_rows and figure_rows > 0:
         save_png_atomic(out / FIGURE_FILE, picture_grid(result.figure_rows[:figure_rows]))
     ious = [r.get("iou") for r in result.per_image if r.get("iou") is not None]

@@ -223,8 +223,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                 f"--backbone: the run was fitted with '{run.settings.backbone}' (its centroids live in that "
                 f"feature space), got '{args.backbone}'"
             )
-        if run.use == "clusters":
-            run.source  # load the backbone now: a missing weights file is a usage error, not a per-image one
+        run.prepare()  # load the backbone / network now: a missing or damaged file is a usage error, not a per-image one
     except (WeightsUnavailableError, ImportError, ValueError, OSError, RuntimeError) as error:
         raise UsageError(str(error)) from None
     inputs = inputs_from_args(args)

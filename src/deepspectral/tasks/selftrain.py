@@ -363,6 +363,22 @@ def _atomic_torch_save(path: Path, obj) -> None:
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
+def _load_run_file(path: Path, remedy: str) -> dict:
+    """A file this module saved in the run folder (``checkpoint.pt`` / ``model.pt``), read
+    with ``torch.load(weights_only=True)``; a damaged or foreign file is a ``ValueError``
+    naming it and ``remedy`` (what to do), not torch's own error text."""
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # EOFError (empty), RuntimeError (truncated zip), UnpicklingError, ...
+        raise ValueError(f"'{path}' cannot be read ({type(exc).__name__}): it is damaged or was not written by "
+                         f"deepspectral semseg train; {remedy}") from exc
+    if not isinstance(saved, dict) or not {"settings", "n_labels", "model"} <= set(saved):
+        raise ValueError(f"'{path}' was not written by deepspectral semseg train; {remedy}")
+    return saved
+
+
 def _n_labels(run_dir: Path) -> int:
     """Labels of the run's maps (background + K clusters), from ``semseg.json``."""
     return int(read_run_info(run_dir)["n_labels"])
@@ -416,7 +432,7 @@ def train(
     checkpoint_path = out / CHECKPOINT_FILE
     checkpoint = None
     if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        checkpoint = _load_run_file(checkpoint_path, "delete it to start the training over")
         if checkpoint["settings"] != asdict(settings) or checkpoint["n_labels"] != n_labels:
             raise ValueError(
                 f"settings: '{checkpoint_path}' was made with other settings ({checkpoint['settings']}); "
@@ -480,8 +496,9 @@ def train(
         "settings": asdict(settings), "n_labels": n_labels,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     })
+    used = dict(asdict(settings), amp=use_amp)  # mixed precision only runs on CUDA: say what ran
     atomic_write_json(out / LOG_FILE, {
-        "settings": asdict(settings), "n_labels": n_labels, "device": device,
+        "settings": used, "amp_requested": settings.amp, "n_labels": n_labels, "device": device,
         "seconds_this_run": round(time.perf_counter() - began, 2), "losses": losses,
     })
     return losses
@@ -552,14 +569,12 @@ def load_model(run_dir, *, device: str = "auto") -> SelfTrainedModel:
     -------
     SelfTrainedModel
     """
-    import torch
-
     from ..backbones.extract import resolve_device
 
     path = model_path(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: no trained model at '{path}'; run `deepspectral semseg train` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = _load_run_file(path, "delete it and rerun `deepspectral semseg train` on the run")
     settings = TrainSettings(**saved["settings"])
     device = resolve_device(device)
     model = build_model(saved["n_labels"], arch=settings.arch, output_stride=settings.output_stride)

@@ -72,7 +72,8 @@ def load_mask_folder(
     Raises
     ------
     ValueError
-        A folder is missing, ``crop`` is unknown, or no mask matches any image.
+        A folder is missing or holds no image file, ``crop`` is unknown, or no mask
+        matches any image.
     """
     images, masks = Path(images), Path(masks)
     for arg, folder in (("images", images), ("masks", masks)):
@@ -82,6 +83,9 @@ def load_mask_folder(
         raise ValueError(f"crop: expected 'none' or 'center', got {crop!r}")
     image_files = _files_by_key(images)
     mask_files = _files_by_key(masks)
+    for arg, what, folder, found in (("images", "image", images, image_files), ("masks", "mask", masks, mask_files)):
+        if not found:
+            raise ValueError(f"{arg}: no {what} files in '{folder}' (is it the right folder?)")
     by_stem: dict[str, list[Path]] = {}
     for key, path in mask_files.items():
         by_stem.setdefault(PurePosixPath(key).name, []).append(path)

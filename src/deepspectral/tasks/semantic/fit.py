@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,6 +32,7 @@ from .rundir import (
     labels_path,
     save_label_png,
     segments_path,
+    weights_record,
 )
 from .segments import FeatureSource, ImageSegments, StageTimer, label_grid, segments_of
 from .settings import SemanticSettings
@@ -78,6 +79,29 @@ def _peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
+def _source_weights(source: FeatureSource, settings: SemanticSettings) -> SemanticSettings:
+    """``settings`` with the weights file the source was loaded from (what ``predict`` must
+    load again), however the source was given.
+
+    A :class:`deepspectral.Backbone` has a ``weights`` attribute: its file (or ``None``
+    for the pretrained weights of the hub). When ``settings.weights`` is unset it takes
+    that file; when set, it must name the same file (``ValueError`` otherwise). Sources
+    without the attribute (oracles) keep ``settings`` as given.
+    """
+    if not hasattr(source, "weights"):
+        return settings
+    loaded = source.weights
+    if settings.weights is None:
+        return settings if loaded is None else replace(settings, weights=str(Path(loaded).expanduser().resolve()))
+    if loaded is None or Path(loaded).expanduser().resolve() != Path(settings.weights).expanduser().resolve():
+        where = "the pretrained (hub) weights" if loaded is None else f"'{loaded}'"
+        raise ValueError(
+            f"settings: weights '{settings.weights}' is recorded, but the source was loaded from {where}; "
+            "leave SemanticSettings(weights=None) to record the source's own file"
+        )
+    return settings
+
+
 def _check_source(source: FeatureSource, settings: SemanticSettings) -> None:
     """The run records ``settings.precision`` for ``predict``; a backbone that computes in
     another precision would make the record wrong."""
@@ -114,6 +138,9 @@ def fit(
         The backbone (or an oracle). A source with a ``precision`` attribute (a
         :class:`deepspectral.Backbone`) must compute in ``settings.precision``.
     settings : SemanticSettings, optional
+        ``settings.weights`` unset: the weights file of a :class:`deepspectral.Backbone`
+        source is recorded (with its SHA-256, so that ``load_run`` rebuilds the same
+        backbone and notices a moved or changed file).
     store : deepspectral.store.Store, optional
         Cache of features and decompositions shared with the other commands (see
         :class:`deepspectral.engine.Engine`).
@@ -131,8 +158,9 @@ def fit(
     from ...engine import Engine
     from ...files import atomic_write, atomic_write_json
 
-    settings = settings if settings is not None else SemanticSettings()
+    settings = _source_weights(source, settings if settings is not None else SemanticSettings())
     _check_source(source, settings)
+    weights = weights_record(settings.weights) if hasattr(source, "weights") else None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
@@ -172,6 +200,7 @@ def fit(
     atomic_write_json(run_dir / RUN_FILE, {
         "format": FORMAT_VERSION,
         "settings": asdict(settings),
+        "weights": weights,
         "n_labels": settings.n_labels,
         "background_label": 0,
         "images": len(done),

@@ -4,7 +4,8 @@
 (:mod:`deepspectral.tasks.selftrain`) all read and write the folder through this module;
 it imports no other module of the package (a leaf, so that it breaks no cycle)::
 
-    run/semseg.json              settings, backbone, class count, per-stage timings
+    run/semseg.json              settings, backbone (+ its weights file and SHA-256), class
+                                 count, per-stage timings
     run/semseg.partial.json      what an interrupted fit measured (only then)
     run/centroids.npy            (K, C) float32 cluster centroids
     run/images.json              one record per image: relative name, file, label PNG
@@ -43,6 +44,9 @@ __all__ = [
     "model_path",
     "read_run_info",
     "read_images",
+    "read_centroids",
+    "weights_record",
+    "check_weights_file",
     "save_label_png",
     "voc_palette",
 ]
@@ -71,6 +75,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train.json"
 #: ``format`` field of ``RUN_FILE``.
 FORMAT_VERSION = 1
+#: What to do about a missing or damaged file that ``semseg fit`` writes.
+_REFIT = "rerun `deepspectral semseg fit` with the same inputs and settings to write it again (it reuses the segments)"
 
 
 def segments_path(run_dir: str | os.PathLike, relative: PurePath) -> Path:
@@ -96,23 +102,150 @@ def model_path(run_dir: str | os.PathLike) -> Path:
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict:
-    """The contents of ``run_dir/semseg.json`` (``settings``, ``n_labels``, ...).
+    """The contents of ``run_dir/semseg.json`` (``settings``, ``n_labels``, ``weights``, ...).
 
     Raises
     ------
     FileNotFoundError
-        The folder has no ``semseg.json`` (it was not written by ``semseg fit``).
+        The folder has no ``semseg.json`` (it was not written by ``semseg fit``, or the fit
+        did not finish).
+    ValueError
+        ``semseg.json`` is not a JSON object with ``settings`` (damaged).
     """
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"run_dir: '{run_dir}' has no {RUN_FILE}; create it with `deepspectral semseg fit`")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise FileNotFoundError(
+            f"run_dir: '{run_dir}' has no {RUN_FILE}; create it with `deepspectral semseg fit` (an interrupted fit "
+            "writes it when rerun with the same inputs and settings)"
+        )
+    info = _read_json(path)
+    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
+        raise ValueError(f"run_dir: '{path}' holds no run settings; {_REFIT}")
+    return info
 
 
 def read_images(run_dir: str | os.PathLike) -> list[dict]:
     """Records of ``images.json``: ``image`` (name), ``file`` (absolute path of the input),
     ``labels`` (label PNG relative to the run), ``segments`` (segment features)."""
-    return json.loads((Path(run_dir) / IMAGES_FILE).read_text(encoding="utf-8"))
+    path = Path(run_dir) / IMAGES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: '{run_dir}' has no {IMAGES_FILE}; {_REFIT}")
+    records = _read_json(path)
+    if not isinstance(records, list):
+        raise ValueError(f"run_dir: '{path}' is not a list of image records; {_REFIT}")
+    return records
+
+
+def _read_json(path: Path):
+    """A JSON file of the run; a damaged one is a ``ValueError`` naming it and the fix."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"run_dir: '{path}' is damaged (not UTF-8 text: {error.reason}); {_REFIT}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"run_dir: '{path}' is damaged (not valid JSON: {error.msg} at line {error.lineno}); "
+                         f"{_REFIT}") from None
+
+
+def read_centroids(run_dir: str | os.PathLike, n_clusters: int | None = None) -> np.ndarray:
+    """The ``(K, C) float32`` centroids of ``run_dir/centroids.npy``.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+    n_clusters : int, optional
+        K the run's settings record; the file must have that many rows.
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no ``centroids.npy`` (the fit did not reach its clustering).
+    ValueError
+        The file is not a readable ``.npy`` array of ``(K, C)`` finite floats; the message
+        names the run folder and the fix.
+    """
+    path = Path(run_dir) / CENTROIDS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: '{run_dir}' has no {CENTROIDS_FILE} (the fit did not finish); {_REFIT}")
+    try:
+        centroids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        reason = "empty" if path.stat().st_size == 0 else f"not a .npy array: {type(error).__name__}"
+        raise ValueError(f"run_dir: '{path}' is damaged ({reason}); {_REFIT}") from None
+    wrong = (
+        not isinstance(centroids, np.ndarray) or centroids.ndim != 2 or centroids.shape[0] < 1
+        or not np.issubdtype(centroids.dtype, np.floating) or not np.isfinite(centroids).all()
+        or (n_clusters is not None and centroids.shape[0] != n_clusters)
+    )  # fmt: skip
+    if wrong:
+        expected = f"({n_clusters}, C)" if n_clusters is not None else "(K, C)"
+        raise ValueError(
+            f"run_dir: '{path}' is damaged (expected {expected} finite floats, got {centroids.shape} "
+            f"{centroids.dtype}); {_REFIT}"
+        )
+    return centroids.astype(np.float32, copy=False)
+
+
+def weights_record(weights: str | os.PathLike | None) -> dict | None:
+    """What ``semseg.json`` records of the backbone's weights file: ``{"path": absolute
+    path, "sha256": hex digest}``; ``None`` for the pretrained (hub) weights."""
+    if weights is None:
+        return None
+    from ...files import file_digest
+
+    path = Path(weights).expanduser().resolve()
+    return {"path": str(path), "sha256": file_digest(path)}
+
+
+def check_weights_file(run_dir: str | os.PathLike, record: dict | None, weights: str | os.PathLike | None, *,
+                       given: bool) -> None:
+    """Make sure ``weights`` is the weights file the run was fitted with.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        The run (named in the messages).
+    record : dict or None
+        ``semseg.json``'s ``weights`` (see :func:`weights_record`); ``None`` for a run
+        fitted with the pretrained weights or written before the digest was recorded
+        (then only the file's presence is checked).
+    weights : path or None
+        The file about to be loaded.
+    given : bool
+        Whether the caller passed ``weights`` (``--weights`` / ``weights=``) rather than
+        taking the recorded path.
+
+    Raises
+    ------
+    FileNotFoundError
+        The recorded file is gone (moved or deleted) and no other was given.
+    ValueError
+        The file's SHA-256 is not the recorded one: features from it would not live in the
+        space of the run's centroids.
+    """
+    if weights is None:
+        return
+    path = Path(weights).expanduser()
+    how = "--weights FILE on the command line, load_run(..., weights=FILE) in Python"
+    if not path.is_file():
+        if given:
+            raise FileNotFoundError(f"weights: no such file: '{path}'")
+        raise FileNotFoundError(
+            f"weights: the run '{run_dir}' was fitted with the backbone weights '{path}', which no longer exists "
+            f"(moved or deleted); pass its new location ({how})"
+        )
+    wanted = (record or {}).get("sha256")
+    if not wanted:
+        return
+    from ...files import file_digest
+
+    found = file_digest(path)
+    if found != wanted:
+        raise ValueError(
+            f"weights: '{path}' is not the file the run '{run_dir}' was fitted with (sha256 {found[:12]}..., the run "
+            f"records {wanted[:12]}... for '{record.get('path')}'): its features would not match the run's "
+            f"centroids; pass the original file ({how}) or fit the run again"
+        )
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
