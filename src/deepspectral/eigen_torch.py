@@ -19,8 +19,8 @@ images of one size bucket at once:
    ``M = D^-1/2 W D^-1/2`` with the top one (``v₀ ∝ D^1/2 1``) deflated to ``μ = -1`` —
    solved by a restarted block Krylov method (below) on the whole batch at once, or by
    dense ``eigh`` (float64) on grids of at most ``DENSE_SOLVER_MAX_NODES`` nodes, as the
-   CPU path does. ``torch.lobpcg`` is not used: it is not batched, and its basic
-   orthogonalisation loses rank on the clustered top of these spectra.
+   CPU path does. ``torch.lobpcg`` is not used: it solves a batch one matrix after the
+   other (a Python loop in torch 2.14) and takes no constraint to keep ``v₀`` out.
 
    *Restarted block Krylov*: a block ``X`` of ``K - 1 +`` :data:`BLOCK_GUARD` vectors
    (a seeded random start, the same for every image, so an image's result does not depend
