@@ -25,9 +25,10 @@ images of one size bucket at once:
    *Restarted block Krylov*: a block ``X`` of ``K - 1 +`` :data:`BLOCK_GUARD` vectors
    (a seeded random start, the same for every image, so an image's result does not depend
    on its batch) is grown into the basis ``[X, M'X, …, M'^s X]`` (``s`` =
-   :data:`KRYLOV_STEPS`; each block orthogonalised twice against the basis, then QR),
-   Rayleigh-Ritz on it (the small ``eigh`` in float64), and the top Ritz vectors restart
-   it. Every product is a batched ``(B, N, N) @ (B, N, b)``: on a GPU reading ``W`` once
+   :data:`KRYLOV_STEPS`; each block orthogonalised twice against the basis, then made
+   orthonormal by Cholesky QR), Rayleigh-Ritz on it (the small problems in float64 on the
+   CPU, the basis's Gram matrix whitened so that a lost direction cannot spoil it), and
+   the top Ritz vectors restart it. Every product is a batched ``(B, N, N) @ (B, N, b)``: on a GPU reading ``W`` once
    per block product is the cost, so the guard vectors are almost free and speed up
    convergence. It stops when every wanted Ritz pair of every image has a residual
    ``‖M'x - θx‖ ≤ tol``; an image that has not converged after :data:`MAX_RESTARTS`
