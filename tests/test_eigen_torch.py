@@ -121,10 +121,13 @@ def test_knn_neighbours_equal_kd_tree_up_to_ties():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n, dtype", [(600, torch.float32), (600, torch.float64), (120, torch.float32)])
-def test_eigenpairs_match_dense_eigh(n, dtype):
-    k = 5
-    affinities = np.stack([_clustered_affinity(n, 6, seed) for seed in range(3)])
+@pytest.mark.parametrize(
+    "n, dtype, k, clusters",
+    [(600, torch.float32, 5, 6), (600, torch.float64, 5, 6), (120, torch.float32, 5, 6), (900, torch.float32, 16, 20)],
+)
+def test_eigenpairs_match_dense_eigh(n, dtype, k, clusters):
+    """Batched (3 graphs), Krylov path above 400 nodes, dense below; K = 16 as semseg uses."""
+    affinities = np.stack([_clustered_affinity(n, clusters, seed) for seed in range(3)])
     values, vectors = eigen_torch.laplacian_eigenvectors(torch.from_numpy(affinities).to(dtype), k)
     assert values.shape == (3, k) and vectors.shape == (3, k, n) and vectors.dtype == np.float32
     checked = 0
