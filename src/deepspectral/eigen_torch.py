@@ -86,7 +86,9 @@ MAX_RESTARTS = 60
 #: eigenvector down to gaps of 1e-3, like the CPU path's ``LANCZOS_TOL``.
 TOL = 1e-5
 #: Rough largest memory (bytes) the tensors of one batch of :func:`decompose_batch` may
-#: take (about ``24 N²`` bytes an image); bigger buckets are split.
+#: take (at the peak, in the KNN search, about ``32 N²`` bytes an image: the float32
+#: affinity, float64 distances and a float64 temporary, float32 neighbour counts); bigger
+#: buckets are split.
 BATCH_BYTES = 4 << 30
 
 
@@ -501,7 +503,7 @@ def decompose_batch(
     for (_, grid), indices in groups.items():
         n = grid[0] * grid[1]
         check_grid_size(grid)
-        per_batch = max(1, BATCH_BYTES // (24 * n * n))
+        per_batch = max(1, BATCH_BYTES // (32 * n * n))
         for start in range(0, len(indices), per_batch):
             chunk = indices[start : start + per_batch]
             for index, decomposition in zip(
