@@ -19,6 +19,8 @@ __all__ = [
     "KNN_KERNELS",
     "KNN_KERNEL",
     "N_EIGENVECTORS",
+    "EIGEN_BACKENDS",
+    "EIGEN_BACKEND",
     "MAX_SIZE",
     "MAX_GRID_NODES",
     "BATCH_SIZE",
@@ -52,6 +54,11 @@ KNN_KERNELS = ("binary", "soft")
 KNN_KERNEL = "binary"
 #: Number of eigenvectors returned, the constant one included.
 N_EIGENVECTORS = 5
+#: Where the eigen-step (affinity + eigensolver) runs: "cpu" (numba / scipy), "torch" (on
+#: the backbone's device, batched per size bucket), "auto": torch when the backbone is on
+#: a CUDA GPU, else cpu (so CPU runs keep the numba / scipy results bit for bit).
+EIGEN_BACKENDS = ("auto", "cpu", "torch")
+EIGEN_BACKEND = "auto"
 
 #: Longest side (pixels) of the image used for the decomposition. Every standard benchmark
 #: image (<= 640 px a side) stays at full resolution; larger photos are downscaled for the

@@ -41,7 +41,14 @@ from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
 from .files import atomic_write_json, check_writable_folder, file_digest, recording_writes
 from .geometry import ImageGeometry
-from .spectral import Decomposition, check_decomposition_settings, check_grid_size, decompose, single_threaded_blas
+from .spectral import (
+    Decomposition,
+    check_decomposition_settings,
+    check_grid_size,
+    decompose,
+    resolve_eigen_backend,
+    single_threaded_blas,
+)
 from .store import Store, cache_key, image_digest
 
 __all__ = [
@@ -311,6 +318,10 @@ class Engine:
     workers : int, default 1
         Threads running the eigen-step; with 2 or more it overlaps the backbone's work on
         the next batch.
+    eigen_backend : {"auto", "cpu", "torch"}, default "auto"
+        Where the eigen-step runs (see :func:`deepspectral.decompose`): ``"torch"`` runs
+        it on the backbone's device, each backbone batch's images of one size together;
+        ``"auto"`` is torch when the backbone is on a CUDA device.
     """
 
     def __init__(
@@ -326,6 +337,7 @@ class Engine:
         store: Store | None = None,
         batch_size: int = defaults.BATCH_SIZE,
         workers: int = defaults.WORKERS,
+        eigen_backend: str = defaults.EIGEN_BACKEND,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
@@ -342,6 +354,8 @@ class Engine:
         self.store = store
         self.batch_size = int(batch_size)
         self.workers = int(workers)
+        self.eigen_device = str(getattr(backbone, "device", "cpu"))
+        self.eigen_backend = resolve_eigen_backend(eigen_backend, self.eigen_device)
         self._weights_id: str | None = None
 
     # ------------------------------------------------------------------ settings
@@ -366,6 +380,9 @@ class Engine:
             "knn_lambda": self.knn_lambda,
             "n_eigenvectors": self.n_eigenvectors,
             "knn_kernel": self.knn_kernel,
+            # cpu entries keep their keys; a torch result (equal to tolerance, not to the
+            # bit) gets its own, so a cache never mixes the two
+            **({"eigen_backend": "torch"} if self.eigen_backend == "torch" else {}),
         }
 
     # ------------------------------------------------------------------ running
@@ -428,6 +445,7 @@ class Engine:
                     except PER_IMAGE_ERRORS as error:
                         result.error = error
                 futures: dict[int, Future] = {}
+                together = []  # the torch backend's batch: (result, decomposition key)
                 for (result, _, eig_key), feats in zip(todo, self._features(todo)):
                     if isinstance(feats, BaseException):
                         result.error = feats
@@ -435,10 +453,17 @@ class Engine:
                     result.features = feats
                     if not self.decompose or result.decomposition is not None:
                         continue
-                    if pool is None:
+                    if self.eigen_backend == "torch":
+                        together.append((result, eig_key))
+                    elif pool is None:
                         self._decompose(result, eig_key)
                     else:
                         futures[id(result)] = pool.submit(self._decompose, result, eig_key)
+                if together and pool is None:
+                    self._decompose_together(together)
+                elif together:
+                    future = pool.submit(self._decompose_together, together)
+                    futures.update((id(result), future) for result, _ in together)
                 pending.extend((result, futures.get(id(result))) for result in chunk)
                 # yield in order what is ready; the previous batch must be done before the
                 # backbone moves on, so at most two batches are in flight
@@ -521,6 +546,37 @@ class Engine:
                 self.store.save_decomposition(eig_key, result.decomposition)
         except PER_IMAGE_ERRORS as error:
             result.error = error
+
+
+    def _decompose_together(self, batch: list) -> None:
+        """The torch backend: the decompositions of ``batch`` (``(result, key)`` pairs) in
+        one call on the backbone's device; when it fails, each image alone, so that only
+        the image at fault fails."""
+        from .eigen_torch import decompose_batch
+
+        start = time.perf_counter()
+        try:
+            found = decompose_batch(
+                [result.features for result, _ in batch], [result.image for result, _ in batch],
+                knn_lambda=self.knn_lambda, n_eigenvectors=self.n_eigenvectors, knn_kernel=self.knn_kernel,
+                device=self.eigen_device,
+            )  # fmt: skip
+        except PER_IMAGE_ERRORS as error:
+            if len(batch) == 1:
+                batch[0][0].error = error
+            else:
+                for pair in batch:
+                    self._decompose_together([pair])
+            return
+        seconds = (time.perf_counter() - start) / len(batch)
+        for (result, key), decomposition in zip(batch, found):
+            result.decomposition = decomposition
+            result.seconds["eigenvectors"] = seconds
+            try:
+                if self.store is not None:
+                    self.store.save_decomposition(key, decomposition)
+            except PER_IMAGE_ERRORS as error:
+                result.error = error
 
 
 def _finish(result: ImageResult, future: Future | None) -> ImageResult:

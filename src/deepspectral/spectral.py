@@ -29,6 +29,7 @@ __all__ = [
     "grid_affinity",
     "check_grid_size",
     "check_decomposition_settings",
+    "resolve_eigen_backend",
     "orient_eigenvectors",
     "coarse_mask",
     "ncut_sweep",
@@ -273,6 +274,17 @@ def check_decomposition_settings(*, knn_lambda: float, n_eigenvectors: int, knn_
         raise ValueError(f"knn_lambda: expected a finite value >= 0, got {knn_lambda!r}")
 
 
+def resolve_eigen_backend(eigen_backend: str, device=None) -> str:
+    """``"cpu"`` or ``"torch"``: the eigen-step backend ``eigen_backend`` (one of
+    ``defaults.EIGEN_BACKENDS``) means for a backbone on ``device`` (``"auto"``: torch on a
+    CUDA device, cpu otherwise, including ``device=None``)."""
+    if eigen_backend not in defaults.EIGEN_BACKENDS:
+        raise ValueError(f"eigen_backend: expected one of {defaults.EIGEN_BACKENDS}, got {eigen_backend!r}")
+    if eigen_backend == "auto":
+        return "torch" if str(device or "cpu").startswith("cuda") else "cpu"
+    return eigen_backend
+
+
 def check_grid_size(grid_size: tuple[int, int]) -> None:
     """Raise ``ValueError`` when a working grid has more than ``defaults.MAX_GRID_NODES``
     nodes (its dense affinity takes ``4 · nodes²`` bytes); the engine calls it before the
@@ -325,6 +337,8 @@ def decompose(
     knn_lambda: float = defaults.KNN_LAMBDA,
     n_eigenvectors: int = defaults.N_EIGENVECTORS,
     knn_kernel: str = defaults.KNN_KERNEL,
+    eigen_backend: str = defaults.EIGEN_BACKEND,
+    device=None,
 ) -> Decomposition:
     """Eigenvectors of one image (paper Sec. 3.2).
 
@@ -340,6 +354,11 @@ def decompose(
         K, eigenvectors returned, the constant one included (capped at the grid size).
     knn_kernel : {"binary", "soft"}
         Edge weights of the colour affinity, see :func:`deepspectral.affinity.knn_affinity`.
+    eigen_backend : {"auto", "cpu", "torch"}, default "auto"
+        ``"cpu"``: numba / scipy; ``"torch"``: :func:`deepspectral.eigen_torch.decompose_batch`
+        on ``device``; ``"auto"``: torch when ``device`` is a CUDA device, else cpu.
+    device : str or torch.device, optional
+        Where the torch backend runs (the backbone's device; default the CPU).
 
     Returns
     -------
@@ -348,6 +367,13 @@ def decompose(
     if not isinstance(features, PatchFeatures):
         raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
     check_decomposition_settings(knn_lambda=knn_lambda, n_eigenvectors=n_eigenvectors, knn_kernel=knn_kernel)
+    if resolve_eigen_backend(eigen_backend, device) == "torch":
+        from .eigen_torch import decompose_batch
+
+        return decompose_batch(
+            [features], [image], knn_lambda=knn_lambda, n_eigenvectors=n_eigenvectors, knn_kernel=knn_kernel,
+            device=device or "cpu",
+        )[0]  # fmt: skip
     geometry = features.geometry
     grid = geometry.grid_size
     affinity = grid_affinity(

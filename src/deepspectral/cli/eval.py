@@ -293,7 +293,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             engine = Engine(
                 backbone, max_size=settings["max_size"] or None, knn_lambda=settings["knn_lambda"],
                 n_eigenvectors=settings["n_eigenvectors"], knn_kernel=settings["knn_kernel"], store=store,
-                batch_size=args.batch_size, workers=args.workers,
+                batch_size=args.batch_size, workers=args.workers, eigen_backend=args.eigen_backend,
             )  # fmt: skip
             if task == "localization":
                 result = evaluate_localization(dataset, engine, verbose=verbose, figure_rows=args.figure_rows)

@@ -138,7 +138,7 @@ def add_backbone(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decomposition(parser: argparse.ArgumentParser, *, n_eigenvectors: int = defaults.N_EIGENVECTORS) -> None:
-    """``--knn-lambda``, ``--n-eigenvectors`` (with this command's default)."""
+    """``--knn-lambda``, ``--n-eigenvectors`` (with this command's default), ``--eigen-backend``."""
     spectral = parser.add_argument_group("spectral decomposition")
     spectral.add_argument(
         "--knn-lambda",
@@ -151,6 +151,13 @@ def add_decomposition(parser: argparse.ArgumentParser, *, n_eigenvectors: int = 
         type=number_type(int, 2),
         default=n_eigenvectors,
         help="eigenvectors computed, the constant one included (at least 2: the tasks need the second)",
+    )
+    spectral.add_argument(
+        "--eigen-backend",
+        choices=defaults.EIGEN_BACKENDS,
+        default=defaults.EIGEN_BACKEND,
+        help="where the affinity and eigensolver run: cpu (numba/scipy), torch (on the backbone's device, "
+        "images of one size batched), auto (torch when the backbone is on a CUDA GPU, else cpu)",
     )
 
 
@@ -296,6 +303,7 @@ def engine_from_args(
         store=store_from_args(args, backbone, paths=paths, n_eigenvectors=n_eigenvectors),
         batch_size=args.batch_size,
         workers=args.workers,
+        eigen_backend=args.eigen_backend,
     )
 
 

@@ -160,7 +160,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     return batch_status(
         lambda: semantic.fit(
             inputs, args.out, source=backbone, settings=settings, store=store, batch_size=args.batch_size,
-            workers=args.workers, verbose=not args.quiet, figure=args.figure,
+            workers=args.workers, verbose=not args.quiet, figure=args.figure, eigen_backend=args.eigen_backend,
         )
     )
 

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ... import defaults
 from .clustering import assign_clusters, cluster_features
 from .rundir import (
     CENTROIDS_FILE,
@@ -124,6 +125,7 @@ def fit(
     workers: int = 1,
     verbose: bool = True,
     figure: bool = True,
+    eigen_backend: str = defaults.EIGEN_BACKEND,
 ) -> FitResult:
     """Fit the semantic segmentation of a dataset and write the run folder.
 
@@ -150,6 +152,8 @@ def fit(
         Progress bars and a summary line.
     figure : bool
         Write ``clusters.jpg``.
+    eigen_backend : {"auto", "cpu", "torch"}
+        As in :class:`deepspectral.engine.Engine`.
 
     Returns
     -------
@@ -169,6 +173,7 @@ def fit(
     engine = Engine(
         source, max_size=settings.max_size, knn_lambda=settings.knn_lambda, n_eigenvectors=settings.eigenvectors + 1,
         decompose=settings.method == "spectral", store=store, batch_size=batch_size, workers=workers,
+        eigen_backend=eigen_backend,
     )  # fmt: skip
     counts, failed, computed = _segment_images(items, run_dir, engine, settings, timer, verbose=verbose)
     done = [item for item in items if item.name in counts]
