@@ -27,6 +27,13 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CRF_PARAMS",
+    "METHOD",
+    "TOKENCUT_TAU",
+    "TOKENCUT_EPS",
+    "REFINEMENTS",
+    "REFINE",
+    "BILATERAL_PARAMS",
+    "MIN_SCORE",
 ]
 
 #: Registry name of the default backbone (DINO ViT-S/16).
@@ -81,3 +88,33 @@ CRF_PARAMS = {
     "gaussian_xy_std": 3.0,
     "iterations": 5,
 }
+
+#: Recipe of the decomposition (see :data:`deepspectral.recipes.METHODS`): the paper's.
+METHOD = "dsm"
+#: TokenCut's cosine threshold of its binary graph (paper Sec. 3.2; code default
+#: ``--tau 0.2`` of ``main_tokencut.py`` and ``get_saliency.py``).
+TOKENCUT_TAU = 0.2
+#: TokenCut's weight of the pairs below the threshold (code default ``--eps 1e-5``).
+TOKENCUT_EPS = 1e-5
+#: Refinements of ``segment``: none, the dense CRF (the paper's), the fast bilateral
+#: solver (TokenCut's saliency results).
+REFINEMENTS = ("none", "crf", "bilateral")
+#: Refinement per method when none is asked for: each recipe's published one.
+REFINE = {"dsm": "crf", "tokencut": "bilateral"}
+#: Fast bilateral solver settings of TokenCut's saliency runs
+#: (``unsupervised_saliency_detection/get_saliency.py``: ``--sigma-spatial 16``,
+#: ``--sigma-luma 16``, ``--sigma-chroma 8``; ``bilateral_solver.py``: ``lam`` 256,
+#: ``A_diag_min`` 1e-5, ``cg_tol`` 1e-5, ``cg_maxiter`` 25, confidence 0.999).
+BILATERAL_PARAMS = {
+    "sigma_spatial": 16.0,
+    "sigma_luma": 16.0,
+    "sigma_chroma": 8.0,
+    "lam": 256.0,
+    "confidence": 0.999,
+    "diag_min": 1e-5,
+    "cg_tol": 1e-5,
+    "cg_maxiter": 25,
+}
+#: Score below which localize / segment report "no object" (0: every image gets one,
+#: as before the score existed).
+MIN_SCORE = 0.0
