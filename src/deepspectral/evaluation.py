@@ -371,7 +371,7 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
         With boxes or masks.
     predictions : list of dict
         ``deepspectral localize``'s ``boxes.json``: ``{"image": name, "box_xyxy": [x1,
-        y1, x2, y2]}`` each (or ``"file"`` instead of ``"image"``), matched to the
+        y1, x2, y2]}`` each (``None``: no object, a miss) (or ``"file"`` instead of ``"image"``), matched to the
         dataset's images by relative name or stem (an image extension is ignored).
     verbose : bool
         Progress bar, images without a prediction reported.
@@ -397,8 +397,11 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
         record = table.get(sample.image_id) or table.get(_prediction_key(sample.image_id)[1])
         if record is None:
             raise ValueError("no prediction for this image")
-        box = [float(v) for v in record["box_xyxy"]]
         gt = _gt_boxes(sample)
+        if record["box_xyxy"] is None:  # "no object" (below localize --min-score): a miss, kept in CorLoc
+            per_image.append({"image": sample.image_id, "box_xyxy": None, "iou": 0.0, "correct": False})
+            return
+        box = [float(v) for v in record["box_xyxy"]]
         per_image.append(
             {
                 "image": sample.image_id,
