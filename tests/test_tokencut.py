@@ -216,7 +216,7 @@ def test_parameters_are_checked():
         decompose(feats, method="tokencut", knn_lambda=1.0)
     with pytest.raises(ValueError, match="method"):
         get_recipe("lost")
-    assert set(METHODS) == {"dsm", "tokencut"} and defaults.METHOD == "dsm"
+    assert tuple(METHODS) == defaults.METHOD_NAMES == ("dsm", "tokencut") and defaults.METHOD == "dsm"
     assert get_recipe("tokencut").fit_for("boxes") == "pad" and get_recipe("tokencut").fit_for("masks") == "resize"
     assert get_recipe("dsm").fit_for("masks") == "crop"
 
@@ -332,3 +332,17 @@ def test_cli_refuses_options_of_another_recipe(photo_dir, random_weights, tmp_pa
 
 def test_eigs_has_no_min_score(photo_dir, random_weights, tmp_path):
     assert _cli("eigs", photo_dir, tmp_path / "out", random_weights, "--min-score", "0.5") == 2
+
+
+def test_bilateral_refinement_of_a_large_image_is_solved_smaller(monkeypatch):
+    """Above defaults.BILATERAL_MAX_SIZE the solver works on a downscaled image; the mask
+    comes back at the original size and agrees with the full-resolution solve."""
+    h, w = 96, 128
+    truth = _ellipse(h, w, 48, 64, 30, 40)
+    image = np.where(truth[..., None], [210, 80, 60], [30, 100, 50]).astype(np.uint8)
+    feats = oracle_features(truth)
+    dec = tokencut.decompose(feats)
+    full = segment_object(dec, image, refine="bilateral")
+    monkeypatch.setattr(defaults, "BILATERAL_MAX_SIZE", 64)
+    small = segment_object(dec, image, refine="bilateral")
+    assert small.shape == (h, w) and iou(small, full) > 0.9 and iou(small, truth) > 0.85

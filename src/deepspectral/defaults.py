@@ -28,11 +28,13 @@ __all__ = [
     "IMAGENET_STD",
     "CRF_PARAMS",
     "METHOD",
+    "METHOD_NAMES",
     "TOKENCUT_TAU",
     "TOKENCUT_EPS",
     "REFINEMENTS",
     "REFINE",
     "BILATERAL_PARAMS",
+    "BILATERAL_MAX_SIZE",
     "MIN_SCORE",
 ]
 
@@ -91,6 +93,9 @@ CRF_PARAMS = {
 
 #: Recipe of the decomposition (see :data:`deepspectral.recipes.METHODS`): the paper's.
 METHOD = "dsm"
+#: Names of the recipes of ``deepspectral.recipes.METHODS`` (here too, so that ``--help``
+#: lists them without importing the recipes' maths).
+METHOD_NAMES = ("dsm", "tokencut")
 #: TokenCut's cosine threshold of its binary graph (paper Sec. 3.2; code default
 #: ``--tau 0.2`` of ``main_tokencut.py`` and ``get_saliency.py``).
 TOKENCUT_TAU = 0.2
@@ -115,6 +120,11 @@ BILATERAL_PARAMS = {
     "cg_tol": 1e-5,
     "cg_maxiter": 25,
 }
+#: Longest side (pixels) at which segment's bilateral solver works: every benchmark image
+#: (up to DAVIS's 854 x 480) at full resolution, as TokenCut does; larger photos are solved
+#: at this size and the output resized (the solver's cost grows with the pixels: about
+#: 1.5 s for 854 x 480 on a 2-vCPU VM, benchmarks/bench_tokencut_parity.py).
+BILATERAL_MAX_SIZE = 1024
 #: Score below which localize / segment report "no object" (0: every image gets one,
 #: as before the score existed).
 MIN_SCORE = 0.0

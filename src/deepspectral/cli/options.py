@@ -156,12 +156,10 @@ def add_decomposition(parser: argparse.ArgumentParser, *, n_eigenvectors: int = 
 def add_method(parser: argparse.ArgumentParser, *, scores: bool = True) -> None:
     """``--method``, ``--tau``, ``--eps`` and (``scores``) ``--min-score``; checked by
     :func:`method_from_args`."""
-    from ..recipes import METHODS  # names only: no torch
-
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument(
         "--method",
-        choices=sorted(METHODS),
+        choices=defaults.METHOD_NAMES,
         default=defaults.METHOD,
         help="spectral recipe: dsm (Deep Spectral Methods, the paper's) or tokencut (TokenCut: binary graph "
         "of the patch keys, cut at the mean of the second eigenvector)",

@@ -30,8 +30,9 @@ Other recipes and refinements (``refine``; the recipe is read from the decomposi
 - ``refine="bilateral"``: the fast bilateral solver (:func:`deepspectral.bilateral.refine_mask`,
   TokenCut's settings) on the original image with the coarse mask at the original size as
   target; the solver's output is the probability (TokenCut thresholds it at 0.5 for its
-  published numbers). Images longer than ``defaults.MAX_SIZE`` on a side are solved at
-  that size and the output resized bilinearly (the solver's cost grows with the pixels).
+  published numbers). Images longer than ``defaults.BILATERAL_MAX_SIZE`` (1024) on a side
+  are solved at that size and the output resized bilinearly (the solver's cost grows with
+  the pixels).
 - ``min_score``: below it (:func:`deepspectral.recipes.scores.spectral_score`) the mask is
   empty ("no object").
 """
@@ -68,14 +69,14 @@ def resolve_refine(decomposition: Decomposition, *, crf: bool | None = None, ref
 
 def _bilateral_probability(mask: np.ndarray, image: np.ndarray, params: dict | None) -> np.ndarray:
     """The bilateral solver's output for a mask ``(H, W) bool`` on ``image`` (original size),
-    solved at most at ``defaults.MAX_SIZE`` a side."""
+    solved at most at ``defaults.BILATERAL_MAX_SIZE`` a side."""
     from ..bilateral import refine_mask
 
     params = dict(params or {})
     unknown = sorted(set(params) - set(defaults.BILATERAL_PARAMS))
     if unknown:
         raise ValueError(f"bilateral_params: unknown key(s) {unknown}; valid keys are {sorted(defaults.BILATERAL_PARAMS)}")
-    size = input_size_for(mask.shape, defaults.MAX_SIZE)
+    size = input_size_for(mask.shape, defaults.BILATERAL_MAX_SIZE)
     if size == tuple(mask.shape):
         return refine_mask(image, mask, **params)
     from ..geometry import resize_nearest
