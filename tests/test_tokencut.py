@@ -130,6 +130,7 @@ def test_affinity_matches_a_brute_force_loop():
             cos = 0.0 if ni == 0 or nj == 0 else flat[i] @ flat[j] / (ni * nj)
             assert a[i, j] == pytest.approx(1.0 if cos > 0.2 else 1e-5), (i, j)
     assert a.dtype == np.float32 and np.array_equal(a, a.T)
+    assert set(np.unique(a).tolist()) == {np.float32(1e-5), 1.0}
 
 
 @pytest.mark.parametrize("shape", [(12, 15), (25, 30)])  # dense path (180 nodes) and Lanczos (750)
@@ -139,7 +140,7 @@ def test_second_eigenvector_matches_dense_generalised_eigh(shape):
     a = tokencut.tokencut_affinity(feats.features).astype(np.float64)
     d = np.diag(a.sum(1))
     values, vectors = scipy.linalg.eigh(d - a, d)
-    ours_values, ours_vectors = tokencut.second_eigenvector(a.astype(np.float32))
+    ours_values, ours_vectors = tokencut.second_eigenvector(tokencut.tokencut_affinity(feats.features))
     np.testing.assert_allclose(ours_values, values[:3], atol=1e-5)
     for k in (1, 2):
         y = ours_vectors[k].astype(np.float64)
