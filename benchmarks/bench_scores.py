@@ -53,10 +53,10 @@ def main() -> int:
     for path in sorted((args.data / "sod" / "images").glob("*.jpg"))[: args.photos]:
         cases.append((f"SOD {path.name} (random-weight ViT)", "vit", np.asarray(Image.open(path).convert("RGB"))))
     big, small = ellipse(160, 240, 80, 120), ellipse(60, 80, 30, 30)
-    for name, mask in [("large", big), ("small", small), ("two objects, same features", big | ellipse(60, 60, 35, 35))]:
+    for name, mask in [("one large object", big), ("one small object", small), ("two objects with the same features", big | ellipse(60, 60, 35, 35))]:
         for noise in (0.3, 1.0):
             image = np.where(mask[..., None], 200, 40).astype(np.uint8).repeat(3, axis=2)
-            cases.append((f"oracle features: {name} object, noise {noise}", oracle_features(mask, noise=noise), image))
+            cases.append((f"oracle features: {name}, noise {noise}", oracle_features(mask, noise=noise), image))
     print("| image | dsm | tokencut |\n|---|---|---|")
     for name, source, image in cases:
         scores = []

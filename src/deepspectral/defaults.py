@@ -122,8 +122,9 @@ BILATERAL_PARAMS = {
 }
 #: Longest side (pixels) at which segment's bilateral solver works: every benchmark image
 #: (up to DAVIS's 854 x 480) at full resolution, as TokenCut does; larger photos are solved
-#: at this size and the output resized (the solver's cost grows with the pixels: about
-#: 1.5 s for 854 x 480 on a 2-vCPU VM, benchmarks/bench_tokencut_parity.py).
+#: at this size and the output resized (the solver's cost grows with the pixels: the 20
+#: photos of benchmarks/bench_tokencut_parity.py, 481 x 321 to 854 x 480, took 4.3 s
+#: together on a 2-vCPU VM).
 BILATERAL_MAX_SIZE = 1024
 #: Score below which localize / segment report "no object" (0: every image gets one,
 #: as before the score existed).
