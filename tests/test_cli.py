@@ -103,8 +103,8 @@ def test_localize(photos, weights_file, tmp_path):
     assert [r["image"] for r in records] == ["one", "sub/three", "two"]  # sorted paths
     for record in records:
         height, width = SIZES[record["image"]]
-        assert set(record) == {"image", "file", "box_xyxy", "image_size"}
-        assert record["image_size"] == [width, height]
+        assert set(record) == {"image", "file", "box_xyxy", "score", "image_size"}
+        assert record["image_size"] == [width, height] and 0.0 <= record["score"] <= 1.0
         x1, y1, x2, y2 = record["box_xyxy"]
         assert all(isinstance(v, int) for v in record["box_xyxy"])
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height

@@ -9,6 +9,12 @@ The public API (numpy / PIL in, numpy and small dataclasses out)::
     box_xyxy = localize(dec)
     mask = segment_object(dec, image, crf=True)
 
+    # TokenCut (boxes: zero-padded input; masks: input resized to a multiple of 16)
+    dec = decompose(bb.extract(image, fit="pad"), image, method="tokencut", tau=0.2)
+    found = detect(dec, min_score=0.5)    # Detection(box or None, score in [0, 1])
+    dec = decompose(bb.extract(image, fit="resize"), image, method="tokencut")
+    mask = segment_object(dec, image, refine="bilateral")
+
 Names are imported lazily so that ``import deepspectral`` (and ``deepspectral --version``)
 does not import torch.
 """
@@ -26,7 +32,12 @@ __all__ = [
     "Decomposition",
     "decompose",
     "localize",
+    "detect",
+    "Detection",
+    "spectral_score",
+    "METHODS",
     "segment_object",
+    "bilateral_solve",
     "matte",
     "composite",
     "load_image",
@@ -36,8 +47,13 @@ _LAZY = {
     "Backbone": "deepspectral.backbones",
     "PatchFeatures": "deepspectral.features",
     "Decomposition": "deepspectral.spectral",
-    "decompose": "deepspectral.spectral",
+    "decompose": "deepspectral.recipes",
     "localize": "deepspectral.tasks.localize",
+    "detect": "deepspectral.tasks.localize",
+    "Detection": "deepspectral.tasks.localize",
+    "spectral_score": "deepspectral.recipes.scores",
+    "METHODS": "deepspectral.recipes",
+    "bilateral_solve": "deepspectral.bilateral",
     "segment_object": "deepspectral.tasks.segment",
     "matte": "deepspectral.tasks.matting",
     "composite": "deepspectral.tasks.matting",

@@ -29,6 +29,15 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CRF_PARAMS",
+    "METHOD",
+    "METHOD_NAMES",
+    "TOKENCUT_TAU",
+    "TOKENCUT_EPS",
+    "REFINEMENTS",
+    "REFINE",
+    "BILATERAL_PARAMS",
+    "BILATERAL_MAX_SIZE",
+    "MIN_SCORE",
 ]
 
 #: Registry name of the default backbone (DINO ViT-S/16).
@@ -88,3 +97,42 @@ CRF_PARAMS = {
     "gaussian_xy_std": 3.0,
     "iterations": 5,
 }
+
+#: Recipe of the decomposition (see :data:`deepspectral.recipes.METHODS`): the paper's.
+METHOD = "dsm"
+#: Names of the recipes of ``deepspectral.recipes.METHODS`` (here too, so that ``--help``
+#: lists them without importing the recipes' maths).
+METHOD_NAMES = ("dsm", "tokencut")
+#: TokenCut's cosine threshold of its binary graph (paper Sec. 3.2; code default
+#: ``--tau 0.2`` of ``main_tokencut.py`` and ``get_saliency.py``).
+TOKENCUT_TAU = 0.2
+#: TokenCut's weight of the pairs below the threshold (code default ``--eps 1e-5``).
+TOKENCUT_EPS = 1e-5
+#: Refinements of ``segment``: none, the dense CRF (the paper's), the fast bilateral
+#: solver (TokenCut's saliency results).
+REFINEMENTS = ("none", "crf", "bilateral")
+#: Refinement per method when none is asked for: each recipe's published one.
+REFINE = {"dsm": "crf", "tokencut": "bilateral"}
+#: Fast bilateral solver settings of TokenCut's saliency runs
+#: (``unsupervised_saliency_detection/get_saliency.py``: ``--sigma-spatial 16``,
+#: ``--sigma-luma 16``, ``--sigma-chroma 8``; ``bilateral_solver.py``: ``lam`` 256,
+#: ``A_diag_min`` 1e-5, ``cg_tol`` 1e-5, ``cg_maxiter`` 25, confidence 0.999).
+BILATERAL_PARAMS = {
+    "sigma_spatial": 16.0,
+    "sigma_luma": 16.0,
+    "sigma_chroma": 8.0,
+    "lam": 256.0,
+    "confidence": 0.999,
+    "diag_min": 1e-5,
+    "cg_tol": 1e-5,
+    "cg_maxiter": 25,
+}
+#: Longest side (pixels) at which segment's bilateral solver works: every benchmark image
+#: (up to DAVIS's 854 x 480) at full resolution, as TokenCut does; larger photos are solved
+#: at this size and the output resized (the solver's cost grows with the pixels: the 20
+#: photos of benchmarks/bench_tokencut_parity.py, 481 x 321 to 854 x 480, took 4.3 s
+#: together on a 2-vCPU VM).
+BILATERAL_MAX_SIZE = 1024
+#: Score below which localize / segment report "no object" (0: every image gets one,
+#: as before the score existed).
+MIN_SCORE = 0.0

@@ -41,6 +41,7 @@ from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
 from .files import atomic_write_json, check_writable_folder, file_digest, recording_writes
 from .geometry import ImageGeometry
+from .recipes import get_recipe
 from .spectral import (
     Decomposition,
     check_decomposition_settings,
@@ -304,7 +305,16 @@ class Engine:
     max_size : int or None
         Longest side used for the features and the decomposition (None: no limit).
     knn_lambda, n_eigenvectors, knn_kernel
-        As in :func:`deepspectral.decompose`.
+        As in :func:`deepspectral.decompose` (the ``"dsm"`` recipe's parameters).
+    method : str, default "dsm"
+        The recipe (:data:`deepspectral.recipes.METHODS`): ``"dsm"`` (the paper's) or
+        ``"tokencut"``.
+    method_params : dict, optional
+        Parameters of a recipe other than ``"dsm"`` (TokenCut: ``tau``, ``eps``); their
+        defaults otherwise.
+    use : {"boxes", "masks"}, default "boxes"
+        What the decompositions are for: picks the recipe's ``fit`` of the image to the
+        patch grid (TokenCut pads for boxes, resizes for masks; the paper crops for both).
     decompose : bool, default True
         Compute the decomposition (False: features only, e.g. for methods that cluster
         the patches themselves).
@@ -338,7 +348,18 @@ class Engine:
         batch_size: int = defaults.BATCH_SIZE,
         workers: int = defaults.WORKERS,
         eigen_backend: str = defaults.EIGEN_BACKEND,
+        method: str = defaults.METHOD,
+        method_params: dict | None = None,
+        use: str = "boxes",
     ) -> None:
+        self.recipe = get_recipe(method)
+        self.fit = self.recipe.fit_for(use)
+        if method == defaults.METHOD:
+            if method_params:
+                raise ValueError(f"method_params: method {method!r} takes knn_lambda, n_eigenvectors, knn_kernel instead, got {method_params!r}")
+            self.method_params: dict = {}
+        else:
+            self.method_params = self.recipe.resolve(method_params)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         if workers < 1:
@@ -355,6 +376,10 @@ class Engine:
         self.batch_size = int(batch_size)
         self.workers = int(workers)
         self.eigen_device = str(getattr(backbone, "device", "cpu"))
+        if self.recipe.name != defaults.METHOD:  # the torch eigen-step is the paper's recipe's for now
+            if eigen_backend == "torch":
+                raise ValueError(f"eigen_backend: 'torch' runs method {defaults.METHOD!r} only, got method {method!r}; use 'cpu' or 'auto'")
+            eigen_backend = "cpu"
         self.eigen_backend = resolve_eigen_backend(eigen_backend, self.eigen_device)
         self._weights_id: str | None = None
 
@@ -364,7 +389,7 @@ class Engine:
         if self._weights_id is None:
             weights = getattr(self.backbone, "weights", None)
             self._weights_id = f"sha256:{file_digest(weights)}" if weights else "hub"
-        return {
+        settings = {
             "backbone": self.backbone.name,
             "weights": self._weights_id,
             "block": self.backbone.block,
@@ -372,9 +397,14 @@ class Engine:
             "precision": self.backbone.precision,
             "max_size": self.max_size,
         }
+        if self.fit != "crop":  # (absent for the paper's crop: its cache keys stay as they were)
+            settings["fit"] = self.fit
+        return settings
 
     def decomposition_settings(self) -> dict:
         """Every setting that changes the decomposition (part of its cache key)."""
+        if self.recipe.name != defaults.METHOD:
+            return {**self.feature_settings(), "method": self.recipe.name, **self.method_params}
         return {
             **self.feature_settings(),
             "knn_lambda": self.knn_lambda,
@@ -437,7 +467,9 @@ class Engine:
                         result.seconds["load"] = time.perf_counter() - start
                         if self.decompose:  # refuse an oversize grid before the backbone runs
                             shape = result.image.shape[:2]
-                            check_grid_size(ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size).grid_size)
+                            geometry = ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size, fit=self.fit)
+                            # the paper's graph lives on the 1/8 working grid, the others' on the patch grid
+                            check_grid_size(geometry.grid_size if self.recipe.name == defaults.METHOD else geometry.patch_grid)
                         keys = self._keys(result.image)
                         result.decomposition = self._cached_decomposition(keys[1], result.image)
                         if result.decomposition is None or self.keep_features:
@@ -506,16 +538,17 @@ class Engine:
         images = [todo[i][0].image for i in missing]
         start = time.perf_counter()
         extracted = None
+        fit = {} if self.fit == "crop" else {"fit": self.fit}
         if len(images) > 1:
             try:
-                extracted = self.backbone.extract_batch(images, max_size=self.max_size, batch_size=self.batch_size)
+                extracted = self.backbone.extract_batch(images, max_size=self.max_size, batch_size=self.batch_size, **fit)
             except (ValueError, RuntimeError, MemoryError):  # one image failed: isolate it below
                 extracted = None
         if extracted is None:
             extracted = []
             for image in images:
                 try:
-                    extracted.append(self.backbone.extract(image, max_size=self.max_size))
+                    extracted.append(self.backbone.extract(image, max_size=self.max_size, **fit))
                 except (ValueError, RuntimeError, MemoryError) as error:
                     extracted.append(error)
         seconds = (time.perf_counter() - start) / len(missing)
@@ -534,13 +567,16 @@ class Engine:
     def _decompose(self, result: ImageResult, eig_key: str | None) -> None:
         start = time.perf_counter()
         try:
-            result.decomposition = decompose(
-                result.features,
-                result.image,
-                knn_lambda=self.knn_lambda,
-                n_eigenvectors=self.n_eigenvectors,
-                knn_kernel=self.knn_kernel,
-            )
+            if self.recipe.name != defaults.METHOD:
+                result.decomposition = self.recipe.decompose(result.features, result.image, **self.method_params)
+            else:
+                result.decomposition = decompose(
+                    result.features,
+                    result.image,
+                    knn_lambda=self.knn_lambda,
+                    n_eigenvectors=self.n_eigenvectors,
+                    knn_kernel=self.knn_kernel,
+                )
             result.seconds["eigenvectors"] = time.perf_counter() - start
             if self.store is not None:
                 self.store.save_decomposition(eig_key, result.decomposition)

@@ -444,7 +444,7 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
         With boxes or masks.
     predictions : list of dict
         ``deepspectral localize``'s ``boxes.json``: ``{"image": name, "box_xyxy": [x1,
-        y1, x2, y2]}`` each (or ``"file"`` instead of ``"image"``), matched to the
+        y1, x2, y2]}`` each (``None``: no object, a miss) (or ``"file"`` instead of ``"image"``), matched to the
         dataset's images by relative name or stem (an image extension is ignored).
     verbose : bool
         Progress bar, images without a prediction reported.
@@ -472,6 +472,10 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
         record = table.get(sample.image_id) or table.get(_prediction_key(sample.image_id)[1])
         if record is None:
             raise ValueError("no prediction for this image")
+        gt = _gt_boxes(sample)
+        if record.get("box_xyxy", ...) is None:  # "no object" (below localize --min-score): a miss, kept in CorLoc
+            per_image.append({"image": sample.image_id, "box_xyxy": None, "iou": 0.0, "correct": False})
+            return
         box = record.get("box_xyxy")
         try:
             box = [float(v) for v in box]
@@ -479,7 +483,6 @@ def score_box_predictions(dataset, predictions: list, *, verbose: bool = True) -
                 raise ValueError
         except (TypeError, ValueError):
             raise ValueError(f"the prediction has no box_xyxy of 4 numbers (got {record.get('box_xyxy')!r})") from None
-        gt = _gt_boxes(sample)
         per_image.append(
             {
                 "image": sample.image_id,

@@ -44,7 +44,7 @@ class PatchFeatures:
     def __post_init__(self) -> None:
         if self.features.ndim != 3:
             raise ValueError(f"features: expected shape (h, w, C), got {self.features.shape}")
-        expected = ImageGeometry(self.image_size, self.input_size, self.patch_size).patch_grid
+        expected = self.geometry.patch_grid
         if self.grid_size != expected:
             raise ValueError(
                 f"features: a {self.grid_size[0]}x{self.grid_size[1]} patch grid does not fit an input image of "
@@ -63,6 +63,14 @@ class PatchFeatures:
         return (h * self.patch_size, w * self.patch_size)
 
     @property
+    def fit(self) -> str:
+        """``"pad"`` when the grid covers more than the input (the input was zero-padded to
+        a multiple of the patch size, TokenCut's boxes), else ``"crop"``."""
+        h, w = self.grid_size
+        padded = h * self.patch_size > self.input_size[0] or w * self.patch_size > self.input_size[1]
+        return "pad" if padded else "crop"
+
+    @property
     def geometry(self) -> ImageGeometry:
         """The sizes of the image and the maps between them (see :mod:`deepspectral.geometry`)."""
-        return ImageGeometry(self.image_size, self.input_size, self.patch_size)
+        return ImageGeometry(self.image_size, self.input_size, self.patch_size, self.fit)

@@ -6,7 +6,12 @@ One image passes through four frames (all sizes ``(height, width)``):
 - the **input** image, ``input_size`` (H_in, W_in): the original resized so that its longest
   side is at most ``max_size`` (Lanczos, antialiased), or the original itself;
 - the **crop**, ``crop_size`` (H_c, W_c): the input cropped to a multiple of the patch size P
-  by dropping the bottom rows / right columns (the paper's recipe); the backbone sees it;
+  by dropping the bottom rows / right columns (the paper's recipe); the backbone sees it.
+  With ``fit="pad"`` (TokenCut's boxes) the input is instead padded at the bottom / right
+  to the next multiple of P (zeros after the normalisation, added by the backbone) and
+  ``crop_size`` is that padded size; :meth:`ImageGeometry.for_image` with ``fit="resize"``
+  (TokenCut's saliency masks) resizes the image straight to a multiple of P, so the crop is
+  the whole input;
 - the **working grid**, ``grid_size`` (h, w) = crop // 8 (at least 1×1): the paper's
   intermediate resolution, on which the affinity and the eigenvectors live.
 
@@ -22,7 +27,8 @@ to the original image with one rule per kind of data:
   ``torch.nn.functional.interpolate(align_corners=False)``: :func:`resize_bilinear`).
 
 Between the crop and the input the dropped bottom rows / right columns are filled by
-repeating the last row / column (the supplement's edge replication).
+repeating the last row / column (the supplement's edge replication); with ``fit="pad"``
+the padded strip is dropped instead.
 
 Nothing else in the package rounds a coordinate or resizes a result.
 """
@@ -48,7 +54,20 @@ __all__ = [
     "interpolation_matrix",
     "working_grid",
     "mask_to_box",
+    "FITS",
+    "NEAREST_RULES",
 ]
+
+#: How an input image is made to fit the patch grid (see :meth:`ImageGeometry.for_image`):
+#: "crop" (the paper's: drop the bottom rows / right columns), "pad" (TokenCut's boxes:
+#: zero-pad the normalised input at the bottom / right), "resize" (TokenCut's saliency:
+#: Lanczos-resize to the nearest multiple of the patch size; stored as a "crop" geometry
+#: whose input size is already a multiple).
+FITS = ("crop", "pad", "resize")
+#: Nearest-neighbour rules of :func:`resize_nearest`: "centre" (the pixel under the target
+#: pixel's centre) or "floor" (``src = floor(i · n_src / n_dst)``, what
+#: ``torch.nn.functional.interpolate(mode="nearest")`` does; TokenCut's masks use it).
+NEAREST_RULES = ("centre", "floor")
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,22 +209,28 @@ def bilinear_taps(size_in: tuple[int, int], size_out: tuple[int, int]) -> tuple[
     return taps, weights
 
 
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+def _nearest_index(n_in: int, n_out: int, rule: str = "centre") -> np.ndarray:
     """Source index of each of ``n_out`` samples: the one under its centre,
-    ``floor((i + 1/2) · n_in / n_out)`` in exact integer arithmetic."""
+    ``floor((i + 1/2) · n_in / n_out)``, or with ``rule="floor"`` ``floor(i · n_in / n_out)``,
+    in exact integer arithmetic."""
     i = np.arange(n_out, dtype=np.int64)
+    if rule == "floor":
+        return np.minimum((i * n_in) // n_out, n_in - 1)
     return np.minimum(((2 * i + 1) * n_in) // (2 * n_out), n_in - 1)
 
 
-def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_nearest(array: np.ndarray, size: tuple[int, int], *, rule: str = "centre") -> np.ndarray:
     """Nearest-neighbour resize of an ``(h, w, ...)`` array (any dtype) to ``(H, W, ...)``,
-    each target pixel taking the source pixel under its centre (see the module docstring)."""
+    each target pixel taking the source pixel under its centre (see the module docstring),
+    or with ``rule="floor"`` the source pixel ``floor(i · h / H)`` (torch's ``"nearest"``)."""
+    if rule not in NEAREST_RULES:
+        raise ValueError(f"rule: expected one of {NEAREST_RULES}, got {rule!r}")
     array = np.asarray(array)
     h, w = array.shape[:2]
     if (h, w) == tuple(size):
         return array
-    rows = _nearest_index(h, int(size[0]))
-    cols = _nearest_index(w, int(size[1]))
+    rows = _nearest_index(h, int(size[0]), rule)
+    cols = _nearest_index(w, int(size[1]), rule)
     return np.ascontiguousarray(array[rows[:, None], cols[None, :]])
 
 
@@ -255,11 +280,15 @@ class ImageGeometry:
         ``max_size``, see :meth:`for_image`).
     patch_size : int
         Patch size P of the backbone; the crop is ``input_size`` rounded down to multiples of P.
+    fit : {"crop", "pad"}, default "crop"
+        ``"pad"``: the patch grid covers the input padded at the bottom / right to the next
+        multiple of P (rounded up), and ``crop_size`` is that padded size.
     """
 
     image_size: tuple[int, int]
     input_size: tuple[int, int]
     patch_size: int
+    fit: str = "crop"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
@@ -267,20 +296,36 @@ class ImageGeometry:
         object.__setattr__(self, "patch_size", int(self.patch_size))
         if self.patch_size < 1:
             raise ValueError(f"patch_size: expected a positive integer, got {self.patch_size}")
+        if self.fit not in ("crop", "pad"):
+            raise ValueError(f"fit: expected 'crop' or 'pad', got {self.fit!r}")
 
     @classmethod
-    def for_image(cls, image_size: tuple[int, int], patch_size: int, max_size: int | None) -> "ImageGeometry":
+    def for_image(
+        cls, image_size: tuple[int, int], patch_size: int, max_size: int | None, *, fit: str = "crop"
+    ) -> "ImageGeometry":
         """The geometry of an image of ``image_size`` given to a backbone with patches of
         ``patch_size`` under ``max_size`` (longest input side; ``None``: no limit).
+
+        ``fit`` (one of :data:`FITS`) says how the input meets the patch grid: ``"crop"``
+        (default), ``"pad"`` or ``"resize"``: the input size is ``input_size_for(image_size,
+        max_size)`` rounded to the nearest multiple of P on each side (at least P), as
+        TokenCut's saliency code does (``round(W / P) · P``); the image is resized there in
+        one Lanczos step.
 
         Raises
         ------
         ValueError
-            ``max_size`` is not a positive integer or None, or the input image is smaller
-            than one patch.
+            ``max_size`` is not a positive integer or None, ``fit`` is unknown, or the input
+            image is smaller than one patch.
         """
+        if fit not in FITS:
+            raise ValueError(f"fit: expected one of {FITS}, got {fit!r}")
         input_size = input_size_for(image_size, max_size)
-        geometry = cls(image_size, input_size, patch_size)
+        if fit == "resize":
+            p = int(patch_size)
+            # Python's round() halves to even, as TokenCut's int(round(w / patch_size))
+            input_size = tuple(max(p, int(round(side / p)) * p) for side in input_size)
+        geometry = cls(image_size, input_size, patch_size, "pad" if fit == "pad" else "crop")
         if min(geometry.patch_grid) == 0:
             resized = f", resized from {image_size[0]}x{image_size[1]}" if tuple(input_size) != tuple(image_size) else ""
             raise ValueError(
@@ -292,12 +337,22 @@ class ImageGeometry:
     # ------------------------------------------------------------------ sizes
     @property
     def patch_grid(self) -> tuple[int, int]:
-        """Patch grid ``(H_in // P, W_in // P)`` of the backbone."""
-        return (self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size)
+        """Patch grid ``(H_in // P, W_in // P)`` of the backbone (rounded up with ``fit="pad"``)."""
+        p = self.patch_size
+        if self.fit == "pad":
+            return (-(-self.input_size[0] // p), -(-self.input_size[1] // p))
+        return (self.input_size[0] // p, self.input_size[1] // p)
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """Rows / columns ``(bottom, right)`` added to the input (``fit="pad"``; else 0, 0)."""
+        return (self.crop_size[0] - min(self.crop_size[0], self.input_size[0]),
+                self.crop_size[1] - min(self.crop_size[1], self.input_size[1]))
 
     @property
     def crop_size(self) -> tuple[int, int]:
-        """The input cropped to a multiple of the patch size, ``(H_c, W_c)``."""
+        """The input cropped to a multiple of the patch size, ``(H_c, W_c)`` (with
+        ``fit="pad"``: the input padded to a multiple of the patch size)."""
         h, w = self.patch_grid
         return (h * self.patch_size, w * self.patch_size)
 
@@ -320,8 +375,11 @@ class ImageGeometry:
     # ------------------------------------------------------------------ the image itself
     def crop(self, image) -> np.ndarray:
         """The pixels the backbone sees: ``image`` (original size) resized to the input size
-        and cropped, ``(H_c, W_c, 3) uint8``, C-contiguous."""
+        and cropped, ``(H_c, W_c, 3) uint8``, C-contiguous. With ``fit="pad"`` the input
+        image itself ``(H_in, W_in, 3)``: the backbone pads it after normalising."""
         rgb = self._check_image(image)
+        if self.fit == "pad":
+            return np.ascontiguousarray(resize_image(rgb, self.input_size))
         crop_h, crop_w = self.crop_size
         return np.ascontiguousarray(resize_image(rgb, self.input_size)[:crop_h, :crop_w])
 
@@ -386,16 +444,27 @@ class ImageGeometry:
         limit = np.array([size[1], size[0], size[1], size[0]])
         return np.clip(np.round(boxes), 0, limit).astype(np.int64)
 
-    def grid_to_input(self, grid: np.ndarray) -> np.ndarray:
-        """Per-cell values ``(h, w, ...)`` covering the crop (any grid size, any dtype) →
-        ``(H_in, W_in, ...)``: nearest neighbour to the crop, the dropped strips filled by
-        edge replication."""
-        return _pad_edges(resize_nearest(grid, self.crop_size), self.input_size)
+    def _crop_to_input(self, array: np.ndarray) -> np.ndarray:
+        """``(H_c, W_c, ...)`` → ``(H_in, W_in, ...)``: dropped strips edge-replicated, or
+        with ``fit="pad"`` the padded strips cut off."""
+        if self.fit == "pad":
+            return np.ascontiguousarray(array[: self.input_size[0], : self.input_size[1]])
+        return _pad_edges(array, self.input_size)
 
-    def grid_to_image(self, grid: np.ndarray) -> np.ndarray:
+    def grid_to_input(self, grid: np.ndarray, *, rule: str = "centre") -> np.ndarray:
+        """Per-cell values ``(h, w, ...)`` covering the crop (any grid size, any dtype) →
+        ``(H_in, W_in, ...)``: nearest neighbour to the crop (``rule`` of
+        :func:`resize_nearest`), the dropped strips filled by edge replication (with
+        ``fit="pad"``: the padded strips cut off)."""
+        return self._crop_to_input(resize_nearest(grid, self.crop_size, rule=rule))
+
+    def grid_to_image(self, grid: np.ndarray, *, rule: str = "centre") -> np.ndarray:
         """Labels or a mask ``(h, w)`` covering the crop → ``(H, W)`` on the original image
-        (nearest neighbour throughout), same dtype."""
-        return resize_nearest(self.grid_to_input(grid), self.image_size)
+        (nearest neighbour throughout, ``rule`` of :func:`resize_nearest`), same dtype.
+        With ``rule="floor"`` and a grid of integer-factor cells (``crop = P · grid``, the
+        patch grid) the two steps equal one direct floor-rule resize grid → original
+        (``⌊⌊i·H_in/H⌋/P⌋ = ⌊i·h/H⌋`` when ``H_in = P·h``)."""
+        return resize_nearest(self.grid_to_input(grid, rule=rule), self.image_size, rule=rule)
 
     def input_maps_to_image(self, maps: np.ndarray) -> np.ndarray:
         """Soft maps ``(L, H_in, W_in)`` on the input image → ``(L, H, W) float32`` on the
@@ -409,6 +478,6 @@ class ImageGeometry:
         float32`` on the original: bilinear to the crop, edges replicated to the input size,
         bilinear to the original, clipped to [0, 1]."""
         out = resize_bilinear(np.moveaxis(np.asarray(maps, dtype=np.float32), 0, -1), self.crop_size)
-        out = _pad_edges(out, self.input_size)
+        out = self._crop_to_input(out)
         out = resize_bilinear(out, self.image_size)
         return np.clip(np.moveaxis(out, -1, 0), 0.0, 1.0).astype(np.float32)

@@ -53,7 +53,8 @@ class Decomposition:
         Image size after the ``max_size`` resize (pixels the decomposition saw).
     crop_size : (H_c, W_c)
         Input image cropped to a multiple of the patch size (bottom rows / right columns
-        dropped); the grid covers exactly this area.
+        dropped); the grid covers exactly this area. Larger than ``input_size`` when the
+        input was zero-padded instead (TokenCut's boxes, ``ImageGeometry.fit == "pad"``).
     patch_size : int
     settings : dict
         Backbone and decomposition settings that produced it.
@@ -74,8 +75,10 @@ class Decomposition:
 
     @property
     def geometry(self) -> ImageGeometry:
-        """The sizes of the image and the maps between them (see :mod:`deepspectral.geometry`)."""
-        return ImageGeometry(self.image_size, self.input_size, self.patch_size)
+        """The sizes of the image and the maps between them (see :mod:`deepspectral.geometry`);
+        a crop larger than the input means a zero-padded input (``fit="pad"``)."""
+        padded = self.crop_size[0] > self.input_size[0] or self.crop_size[1] > self.input_size[1]
+        return ImageGeometry(self.image_size, self.input_size, self.patch_size, "pad" if padded else "crop")
 
 
 _WORKSPACE = threading.local()

@@ -186,12 +186,13 @@ class _Prepared:
     pixels: np.ndarray
 
 
-def _prepare(image: Any, patch_size: int, max_size: int | None) -> _Prepared:
-    """Image -> its geometry (resize to ``max_size``, crop to a multiple of ``patch_size``)
-    and the pixels the network sees; a bad ``max_size`` or an image smaller than one patch
-    raises ``ValueError`` (:meth:`ImageGeometry.for_image`)."""
+def _prepare(image: Any, patch_size: int, max_size: int | None, fit: str = "crop") -> _Prepared:
+    """Image -> its geometry (resize to ``max_size``, crop to a multiple of ``patch_size``,
+    or the other ``fit`` of :meth:`ImageGeometry.for_image`) and the pixels the network
+    sees (with ``fit="pad"`` unpadded: :meth:`Backbone._run` pads after normalising); a bad
+    ``max_size`` or ``fit`` or an image smaller than one patch raises ``ValueError``."""
     rgb = as_rgb_array(image)
-    geometry = ImageGeometry.for_image(rgb.shape[:2], patch_size, max_size)
+    geometry = ImageGeometry.for_image(rgb.shape[:2], patch_size, max_size, fit=fit)
     return _Prepared(geometry, geometry.crop(rgb))
 
 
@@ -302,6 +303,7 @@ class Backbone:
         block: int | None = None,
         feature: str | None = None,
         with_cls: bool = False,
+        fit: str = "crop",
     ) -> PatchFeatures:
         """Patch features of one image.
 
@@ -316,6 +318,11 @@ class Backbone:
             Override the backbone's ``block`` / ``feature`` for this call.
         with_cls : bool
             Also fill ``PatchFeatures.cls`` with the class embedding (final norm applied).
+        fit : {"crop", "pad", "resize"}, default "crop"
+            How the input meets the patch grid (:meth:`ImageGeometry.for_image`): cropped
+            to a multiple of ``P`` (the paper's), zero-padded after normalisation at the
+            bottom / right (TokenCut's boxes; the grid is rounded up), or resized to the
+            nearest multiple (TokenCut's saliency masks).
 
         Returns
         -------
@@ -325,7 +332,7 @@ class Backbone:
         """
         return self.extract_batch(
             [image], max_size=max_size, batch_size=1, block=block, feature=feature,
-            with_cls=with_cls,
+            with_cls=with_cls, fit=fit,
         )[0]
 
     def extract_batch(
@@ -337,6 +344,7 @@ class Backbone:
         block: int | None = None,
         feature: str | None = None,
         with_cls: bool = False,
+        fit: str = "crop",
     ) -> list[PatchFeatures]:
         """Patch features of several images, batched where their cropped sizes agree.
 
@@ -346,7 +354,7 @@ class Backbone:
         Parameters
         ----------
         images : sequence of PIL.Image.Image or (H, W, 3) uint8 arrays
-        max_size, block, feature, with_cls
+        max_size, block, feature, with_cls, fit
             As in :meth:`extract`.
         batch_size : int
             Most images run through the model at once.
@@ -363,7 +371,7 @@ class Backbone:
             raise ValueError(
                 "images: expected a sequence of images, got a single image; use extract()"
             )
-        prepared = [_prepare(image, self.patch_size, max_size) for image in images]
+        prepared = [_prepare(image, self.patch_size, max_size, fit) for image in images]
         results: list[PatchFeatures | None] = [None] * len(prepared)
         for indices in self._buckets(prepared, batch_size):
             feats, cls = self._run(
@@ -457,13 +465,17 @@ class Backbone:
         want_features: bool,
         want_cls: bool,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Forward a same-size batch; return features ``(B, h, w, C)`` and/or cls ``(B, C)``."""
+        """Forward a same-size batch; return features ``(B, h, w, C)`` and/or cls ``(B, C)``.
+        Pixels that are not a multiple of the patch size (``fit="pad"``) are zero-padded at
+        the bottom / right after normalisation, as TokenCut does."""
         import torch
 
         model = self.model
         index = block % self.num_blocks
-        h = pixels[0].shape[0] // self.patch_size
-        w = pixels[0].shape[1] // self.patch_size
+        h = -(-pixels[0].shape[0] // self.patch_size)
+        w = -(-pixels[0].shape[1] // self.patch_size)
+        pad_h = h * self.patch_size - pixels[0].shape[0]
+        pad_w = w * self.patch_size - pixels[0].shape[1]
         captured: dict[str, Any] = {}
 
         def hook(module, inputs, output) -> None:
@@ -474,6 +486,8 @@ class Backbone:
         try:
             with torch.inference_mode(), self._autocast():
                 x = self._to_tensor(pixels)
+                if pad_h or pad_w:
+                    x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
                 cls = None
                 if want_cls:
                     cls = model.forward_features(x)[:, 0]

@@ -29,6 +29,8 @@ __all__ = [
     "add_backbone",
     "add_decomposition",
     "add_engine",
+    "add_method",
+    "method_from_args",
     "check_weights_and_out",
     "require_crf",
     "backbone_from_args",
@@ -161,6 +163,66 @@ def add_decomposition(parser: argparse.ArgumentParser, *, n_eigenvectors: int = 
     )
 
 
+def add_method(parser: argparse.ArgumentParser, *, scores: bool = True) -> None:
+    """``--method``, ``--tau``, ``--eps`` and (``scores``) ``--min-score``; checked by
+    :func:`method_from_args`."""
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument(
+        "--method",
+        choices=defaults.METHOD_NAMES,
+        default=defaults.METHOD,
+        help="spectral recipe: dsm (Deep Spectral Methods, the paper's) or tokencut (TokenCut: binary graph "
+        "of the patch keys, cut at the mean of the second eigenvector)",
+    )
+    recipe.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help=f"tokencut only: cosine above which two patches are linked (default {defaults.TOKENCUT_TAU})",
+    )
+    recipe.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help=f"tokencut only: weight of the other pairs of patches (default {defaults.TOKENCUT_EPS:g})",
+    )
+    if scores:
+        recipe.add_argument(
+            "--min-score",
+            type=float,
+            default=defaults.MIN_SCORE,
+            help="report 'no object' (a null box, an empty mask) when the score (the relative eigengap "
+            "1 - l1/l2 of the decomposition, in [0, 1]) is below this",
+        )
+
+
+def method_from_args(args: argparse.Namespace) -> tuple[str, dict]:
+    """The recipe name and its parameters from :func:`add_method`'s options; a
+    :class:`UsageError` for an option that does not apply to the chosen recipe or a bad value."""
+    from ..recipes import get_recipe
+
+    method = getattr(args, "method", defaults.METHOD)
+    params = {name: getattr(args, name, None) for name in ("tau", "eps")}
+    given = {name: value for name, value in params.items() if value is not None}
+    if method == defaults.METHOD:
+        if given:
+            raise UsageError(f"--{next(iter(given))}: applies to --method tokencut only")
+        recipe_params: dict = {}
+    else:
+        for option, default in (("knn_lambda", defaults.KNN_LAMBDA), ("n_eigenvectors", defaults.N_EIGENVECTORS)):
+            if getattr(args, option, default) != default:
+                raise UsageError(f"--{option.replace('_', '-')}: applies to --method dsm only")
+        try:
+            recipe_params = get_recipe(method).resolve(given)
+        except ValueError as error:
+            name, _, message = str(error).partition(": ")
+            raise UsageError(f"--{name}: {message}") from None
+    min_score = getattr(args, "min_score", defaults.MIN_SCORE)
+    if not (math.isfinite(min_score) and 0 <= min_score <= 1):
+        raise UsageError(f"--min-score: expected a number in [0, 1], got {min_score!r}")
+    return method, recipe_params
+
+
 def add_engine(parser: argparse.ArgumentParser) -> None:
     """``--batch-size``, ``--workers``, ``--cache``, ``--no-cache``."""
     speed = parser.add_argument_group("speed and caching")
@@ -287,12 +349,15 @@ def engine_from_args(
     n_eigenvectors: int | None = None,
     decompose: bool = True,
     keep_features: bool = False,
+    use: str = "boxes",
 ):
     """The :class:`~deepspectral.engine.Engine` of the decomposition and engine options,
-    with its cache (:func:`store_from_args`)."""
+    with its cache (:func:`store_from_args`); the recipe options (:func:`add_method`) when
+    the command has them, ``use`` saying whether its results are boxes or masks."""
     from ..engine import Engine
 
     n_eigenvectors = args.n_eigenvectors if n_eigenvectors is None else n_eigenvectors
+    method, method_params = method_from_args(args)
     return Engine(
         backbone,
         max_size=args.max_size or None,
@@ -304,6 +369,9 @@ def engine_from_args(
         batch_size=args.batch_size,
         workers=args.workers,
         eigen_backend=args.eigen_backend,
+        method=method,
+        method_params=method_params or None,
+        use=use,
     )
 
 
