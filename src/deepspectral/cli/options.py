@@ -358,14 +358,12 @@ def engine_from_args(
 
     n_eigenvectors = args.n_eigenvectors if n_eigenvectors is None else n_eigenvectors
     method, method_params = method_from_args(args)
-    return Engine(
-        backbone,
+    settings = dict(
         max_size=args.max_size or None,
         knn_lambda=args.knn_lambda,
         n_eigenvectors=n_eigenvectors,
         decompose=decompose,
         keep_features=keep_features,
-        store=store_from_args(args, backbone, paths=paths, n_eigenvectors=n_eigenvectors),
         batch_size=args.batch_size,
         workers=args.workers,
         eigen_backend=args.eigen_backend,
@@ -373,6 +371,12 @@ def engine_from_args(
         method_params=method_params or None,
         use=use,
     )
+    try:
+        engine = Engine(backbone, **settings)
+    except ValueError as error:  # settings that do not go together (e.g. a recipe and a backend)
+        raise UsageError(str(error)) from None
+    engine.store = store_from_args(args, backbone, paths=paths, n_eigenvectors=n_eigenvectors)
+    return engine
 
 
 def output_path(out_dir: Path, item, suffix: str) -> Path:
