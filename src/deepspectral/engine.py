@@ -328,20 +328,34 @@ class Engine:
     def process(
         self,
         items: Iterable,
-        work: Callable[[ImageResult], None],
+        work: Callable[[ImageResult], object],
         *,
         out_dir=None,
         desc: str,
         verbose: bool = True,
+        collect: Callable[[object, object], None] | None = None,
     ) -> RunSummary:
         """Run ``work(result)`` on the :class:`ImageResult` of every item, under
         :func:`run_batch`'s error policy (an image whose decoding, features or
-        decomposition failed counts as failed without calling ``work``)."""
+        decomposition failed counts as failed without calling ``work``).
+
+        ``work`` writes the image's outputs and may return a small JSON-able record;
+        ``collect(item, record)``, when given, is called with it on the calling process,
+        in input order, for every image whose ``work`` succeeded. Commands that gather
+        records (``localize``'s boxes) do it there rather than in ``work``, so that
+        ``work`` can run elsewhere (:class:`deepspectral.engine_ray.RayEngine` runs it in
+        Ray tasks)."""
         items = list(items)
         results = self.run(items)
-        try:
+
+        def step(item) -> None:
             # run() yields exactly one result per item, in order, as run_batch walks them
-            return run_batch(items, lambda item: work(next(results).check()), out_dir=out_dir, desc=desc, verbose=verbose)
+            record = work(next(results).check())
+            if collect is not None:
+                collect(item, record)
+
+        try:
+            return run_batch(items, step, out_dir=out_dir, desc=desc, verbose=verbose)
         finally:
             results.close()
 
@@ -356,34 +370,16 @@ class Engine:
         blas.__enter__()
         try:
             for start in range(0, len(items), self.batch_size):
-                chunk = [ImageResult(item) for item in items[start : start + self.batch_size]]
-                todo = []  # (result, features key, decomposition key) still to compute
-                for result in chunk:
-                    try:
-                        start = time.perf_counter()
-                        result.image = result.item.load_image()
-                        result.seconds["load"] = time.perf_counter() - start
-                        if self.decompose:  # refuse an oversize grid before the backbone runs
-                            shape = result.image.shape[:2]
-                            check_grid_size(ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size).grid_size)
-                        keys = self._keys(result.image)
-                        result.decomposition = self._cached_decomposition(keys[1], result.image)
-                        if result.decomposition is None or self.keep_features:
-                            todo.append((result, *keys))
-                    except PER_IMAGE_ERRORS as error:
-                        result.error = error
+                chunk = self._prepare(items[start : start + self.batch_size])
                 futures: dict[int, Future] = {}
-                for (result, _, eig_key), feats in zip(todo, self._features(todo)):
-                    if isinstance(feats, BaseException):
-                        result.error = feats
-                        continue
-                    result.features = feats
-                    if not self.decompose or result.decomposition is not None:
+                for result, eig_key in chunk:
+                    if result.error is not None or not self._needs_decomposition(result):
                         continue
                     if pool is None:
                         self._decompose(result, eig_key)
                     else:
                         futures[id(result)] = pool.submit(self._decompose, result, eig_key)
+                chunk = [result for result, _ in chunk]
                 pending.extend((result, futures.get(id(result))) for result in chunk)
                 # yield in order what is ready; the previous batch must be done before the
                 # backbone moves on, so at most two batches are in flight
@@ -395,6 +391,38 @@ class Engine:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             blas.__exit__(None, None, None)
+
+    def _prepare(self, items: list) -> list[tuple[ImageResult, str | None]]:
+        """One batch up to the eigen-step: decode, cached decomposition, features (cached or
+        extracted in one batch). Returns ``(result, decomposition key)`` per item, in order;
+        the eigen-step is left to the caller (:meth:`_decompose`, when
+        :meth:`_needs_decomposition`)."""
+        chunk = [(ImageResult(item), None) for item in items]
+        todo = []  # (result, features key, decomposition key) still to compute
+        for index, (result, _) in enumerate(chunk):
+            try:
+                start = time.perf_counter()
+                result.image = result.item.load_image()
+                result.seconds["load"] = time.perf_counter() - start
+                if self.decompose:  # refuse an oversize grid before the backbone runs
+                    shape = result.image.shape[:2]
+                    check_grid_size(ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size).grid_size)
+                keys = self._keys(result.image)
+                chunk[index] = (result, keys[1])
+                result.decomposition = self._cached_decomposition(keys[1], result.image)
+                if result.decomposition is None or self.keep_features:
+                    todo.append((result, *keys))
+            except PER_IMAGE_ERRORS as error:
+                result.error = error
+        for (result, _, _), feats in zip(todo, self._features(todo)):
+            if isinstance(feats, BaseException):
+                result.error = feats
+            else:
+                result.features = feats
+        return chunk
+
+    def _needs_decomposition(self, result: ImageResult) -> bool:
+        return self.decompose and result.decomposition is None
 
     def _keys(self, image: np.ndarray) -> tuple[str | None, str | None]:
         if self.store is None:

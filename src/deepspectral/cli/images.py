@@ -14,11 +14,14 @@ import argparse
 from .common import batch_status
 from .options import (
     add_backbone,
+    add_cluster,
     add_decomposition,
     add_engine,
     add_inputs,
     backbone_from_args,
+    check_cluster_args,
     check_weights_and_out,
+    cluster_engine_from_args,
     engine_from_args,
     inputs_from_args,
     output_path,
@@ -61,6 +64,7 @@ def register(commands, formatter) -> None:
         add_backbone(parser)
         add_decomposition(parser)
         add_engine(parser)
+        add_cluster(parser)
         parser.set_defaults(run=lambda args, run=run: _run(args, run))
     localize.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.box.jpg with the box drawn")
     segment.add_argument(
@@ -74,10 +78,12 @@ def register(commands, formatter) -> None:
 
 def _run(args: argparse.Namespace, command) -> int:
     check_weights_and_out(args)
+    check_cluster_args(args)
     if getattr(args, "crf", False):
         require_crf()
     inputs = inputs_from_args(args)
     engine = engine_from_args(args, backbone_from_args(args), paths=[item.path for item in inputs])
+    engine = cluster_engine_from_args(args, engine)
     return batch_status(lambda: command(args, engine, inputs))
 
 
@@ -101,22 +107,23 @@ def _run_localize(args, engine, inputs):
 
     records = []
 
-    def work(result) -> None:
+    def work(result) -> dict:  # may run in another process (--engine ray): returns its record
         box = [int(v) for v in localize(result.decomposition)]
         if args.save_viz:
             save_image_atomic(output_path(args.out, result.item, ".box.jpg"), draw_box(result.image, box), quality=90)
         height, width = result.image.shape[:2]
-        records.append(
-            {
-                "image": result.item.name,
-                "file": str(result.item.path),
-                "box_xyxy": box,
-                "image_size": [int(width), int(height)],
-            }
-        )
+        return {
+            "image": result.item.name,
+            "file": str(result.item.path),
+            "box_xyxy": box,
+            "image_size": [int(width), int(height)],
+        }
 
     try:
-        summary = engine.process(inputs, work, out_dir=args.out, desc="localize", verbose=not args.quiet)
+        summary = engine.process(
+            inputs, work, out_dir=args.out, desc="localize", verbose=not args.quiet,
+            collect=lambda item, record: records.append(record),
+        )  # fmt: skip
     finally:  # boxes found before an interruption are kept
         atomic_write_json(args.out / BOXES_FILE, records)
     return summary
