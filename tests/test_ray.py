@@ -124,18 +124,34 @@ def test_ray_run_writes_the_same_files_as_a_local_run(tmp_path, ray_cluster, pho
 
 
 @needs_ray
-def test_rerun_after_a_stopped_driver_recomputes_nothing_finished(tmp_path, ray_cluster, photos, random_weights):
+def test_rerun_after_the_driver_was_killed_recomputes_nothing_finished(tmp_path, ray_cluster, photos, random_weights):
+    """A driver (another process, on this Ray) is killed with SIGKILL mid-run; the rerun
+    leaves every cache entry it finished untouched and writes the boxes of a local run."""
+    import subprocess
+    import time
+
     cache = tmp_path / "cache"
-    base = ["localize", "--weights", str(random_weights), "--cache", str(cache), *COMMON, "--workers", "2", "--engine", "ray"]
-    first = sorted(photos.glob("photo0*.png"))  # the run the driver did not finish: 10 of 20 images
-    assert main([base[0], *map(str, first), *base[1:], "-o", str(tmp_path / "part")]) == 0
+    base = ["localize", str(photos), "--weights", str(random_weights), "--cache", str(cache), *COMMON, "--workers", "2"]
+    address = ray_cluster.get_runtime_context().gcs_address
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "deepspectral", *base, "-o", str(tmp_path / "killed"), "--engine", "ray", "--ray-address", address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(cache.glob("eigs/*/*.npz"))) < 4 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        driver.kill()
+        driver.wait()
+    time.sleep(1)  # tasks already running finish their atomic writes
     entries = {path: path.stat().st_mtime_ns for path in cache.rglob("*.npz")}
-    assert len(entries) == 2 * len(first)  # features + decomposition per image
-    assert main([base[0], str(photos), *base[1:], "-o", str(tmp_path / "all")]) == 1
-    assert {path: path.stat().st_mtime_ns for path in entries} == entries  # not recomputed
+    assert 4 <= len(list(cache.glob("eigs/*/*.npz"))) < N_PHOTOS, "the driver was not killed mid-run"
+    assert main([*base, "-o", str(tmp_path / "ray"), "--engine", "ray"]) == 1  # the broken photo
+    assert {path: path.stat().st_mtime_ns for path in entries} == entries  # nothing finished recomputed
     assert len(list(cache.rglob("*.npz"))) == 2 * N_PHOTOS
-    assert main([base[0], str(photos), *base[1:-2], "-o", str(tmp_path / "local"), "--no-cache"]) == 1
-    assert (tmp_path / "all" / "boxes.json").read_bytes() == (tmp_path / "local" / "boxes.json").read_bytes()
+    assert main([*base, "-o", str(tmp_path / "local"), "--no-cache"]) == 1
+    assert (tmp_path / "ray" / "boxes.json").read_bytes() == (tmp_path / "local" / "boxes.json").read_bytes()
 
 
 @needs_ray
@@ -203,3 +219,11 @@ def test_fatal_error_in_work_stops_the_ray_run(tmp_path, ray_cluster, photos, ra
     runner = RayEngine(Engine(Backbone("dino_vits16", weights=random_weights, device="cpu"), max_size=128))
     with pytest.raises(SetupError, match="no CRF here"):
         runner.process(collect_inputs([str(photos)])[:3], work, out_dir=tmp_path, desc="t", verbose=False)
+
+
+@needs_ray
+def test_too_many_cpu_actors_is_refused_in_one_line(tmp_path, ray_cluster, photos, random_weights, capsys):
+    args = ["eigs", str(photos), "-o", str(tmp_path / "out"), "--weights", str(random_weights), "-q",
+            "--engine", "ray", "--ray-actors", "2"]  # fmt: skip
+    assert main(args) == 2  # 2 actors on the CPU would take both CPUs of the local Ray
+    assert "leave none for the eigen-step" in capsys.readouterr().err

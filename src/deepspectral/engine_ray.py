@@ -44,7 +44,7 @@ from collections import deque
 from typing import Callable, Iterable
 
 from .engine import Engine, ImageResult, RunSummary, run_batch
-from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS
+from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, SetupError
 
 __all__ = ["RayEngine", "RayWorkerLost", "require_ray", "ENGINES", "ACTOR_MAX_RESTARTS", "TASK_MAX_RETRIES"]
 
@@ -148,8 +148,14 @@ class RayEngine:
         if started:
             import logging
 
-            options = {"include_dashboard": False, "logging_level": logging.WARNING, **self.init_options}
-            ray.init(address=self.address, **options)
+            options = {"logging_level": logging.WARNING}
+            if self.address is None:  # a local Ray for this run: no dashboard
+                options["include_dashboard"] = False
+            try:
+                ray.init(address=self.address, **{**options, **self.init_options})
+            except (ConnectionError, TimeoutError, ValueError, RuntimeError) as error:
+                where = "start a local Ray" if self.address is None else f"join the Ray cluster at {self.address!r}"
+                raise SetupError(f"cannot {where}: {error}") from None
         try:
             pipeline = _Pipeline(ray, self, items, work)
             try:
@@ -177,7 +183,7 @@ class RayEngine:
             return False
         gpus = int(ray.cluster_resources().get("GPU", 0))
         if self.device.startswith("cuda") and gpus == 0:
-            raise ValueError(f"device: {self.device!r} asked for, but the Ray cluster has no GPU")
+            raise SetupError(f"device: {self.device!r} asked for, but the Ray cluster has no GPU")
         return gpus > 0
 
     def _start_actors(self, ray) -> tuple[list, int]:
@@ -185,8 +191,10 @@ class RayEngine:
         gpu = self._uses_gpu(ray)
         cpus = int(ray.cluster_resources().get("CPU", 0))
         count = self.actors or (int(ray.cluster_resources().get("GPU", 0)) if gpu else 1)
+        if gpu and count > int(ray.cluster_resources().get("GPU", 0)):
+            raise SetupError(f"actors: {count} backbone actors asked for on GPUs, the Ray cluster has fewer GPUs")
         if not gpu and cpus - count * ACTOR_CPUS < 1:
-            raise ValueError(
+            raise SetupError(
                 f"actors: {count} backbone actor(s) on the CPU take {count * ACTOR_CPUS} of the cluster's "
                 f"{cpus} CPUs and leave none for the eigen-step; use fewer actors or more CPUs"
             )
@@ -197,7 +205,13 @@ class RayEngine:
             max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=-1, **resources
         )
         self._actors = [actor_class.remote(shell, factory) for _ in range(count)]
-        self._pids = ray.get([actor.pid.remote() for actor in self._actors])  # waits for the backbones to load
+        try:  # waits for the backbones to load
+            self._pids = ray.get([actor.pid.remote() for actor in self._actors])
+        except ray.exceptions.RayActorError as error:  # e.g. the weights file is not on that machine
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors = []
+            raise SetupError(f"the backbone actors could not start: {error}") from None
         return self._actors, max(1, cpus - (0 if gpu else count * ACTOR_CPUS))
 
 
