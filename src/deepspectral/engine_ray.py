@@ -43,13 +43,14 @@ import os
 from collections import deque
 from typing import Callable, Iterable
 
+from . import defaults
 from .engine import Engine, ImageResult, RunSummary, run_batch
 from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, SetupError
 
 __all__ = ["RayEngine", "RayWorkerLost", "require_ray", "ENGINES", "ACTOR_MAX_RESTARTS", "TASK_MAX_RETRIES"]
 
-#: The ``--engine`` choices.
-ENGINES = ("local", "ray")
+#: The ``--engine`` choices (written once, in :mod:`deepspectral.defaults`).
+ENGINES = defaults.ENGINES
 #: Restarts of a backbone actor whose process died (its pending batches are retried on the
 #: new one); finite, so a batch that kills every actor ends the run instead of looping.
 ACTOR_MAX_RESTARTS = 3

@@ -181,8 +181,8 @@ def add_cluster(parser: argparse.ArgumentParser) -> None:
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument(
         "--engine",
-        choices=("local", "ray"),  # deepspectral.engine_ray.ENGINES (not imported: --help stays fast)
-        default="local",
+        choices=defaults.ENGINES,
+        default=defaults.ENGINE,
         help="local: this process; ray: a Ray cluster (pip install \"deepspectral[ray]\"), same outputs",
     )
     cluster.add_argument(
@@ -316,7 +316,7 @@ def cluster_engine_from_args(args: argparse.Namespace, engine):
     :class:`~deepspectral.engine_ray.RayEngine` around it; Ray options without
     ``--engine ray``, or Ray not installed, are a :class:`UsageError`."""
     check_cluster_args(args)
-    if getattr(args, "engine", "local") == "local":
+    if getattr(args, "engine", defaults.ENGINE) == "local":
         return engine
     from ..engine_ray import RayEngine
 
@@ -326,7 +326,7 @@ def cluster_engine_from_args(args: argparse.Namespace, engine):
 def check_cluster_args(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` for Ray options without ``--engine ray``, or ``--engine ray``
     without Ray installed (call it before loading anything)."""
-    if getattr(args, "engine", "local") == "local":
+    if getattr(args, "engine", defaults.ENGINE) == "local":
         for option in ("ray_address", "ray_actors"):
             if getattr(args, option, None) is not None:
                 raise UsageError(f"--{option.replace('_', '-')}: only with --engine ray")
