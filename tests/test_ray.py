@@ -15,6 +15,8 @@ import pytest
 
 from deepspectral.cli import main
 
+pytestmark = pytest.mark.ray
+
 N_PHOTOS = 20
 #: Small images in three sizes (two size buckets in a batch), so that 2 CPUs run the tests fast.
 SIZES = [(96, 128), (128, 96), (112, 112)]
