@@ -25,6 +25,8 @@ __all__ = [
     "MAX_GRID_NODES",
     "BATCH_SIZE",
     "WORKERS",
+    "ENGINE",
+    "ENGINES",
     "MAX_PIXELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -82,6 +84,10 @@ BATCH_SIZE = 1
 #: Threads running the eigen-step beside the backbone in dataset runs. On a 2-core CPU the
 #: backbone already keeps both cores busy and 2 measured slower; more cores or a GPU gain.
 WORKERS = 1
+#: Where dataset runs run: this process (``local``) or a Ray cluster (``ray``,
+#: ``deepspectral.engine_ray``; the ``ray`` extra).
+ENGINE = "local"
+ENGINES = ("local", "ray")
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 200_000_000
 

@@ -39,7 +39,7 @@ import numpy as np
 from . import defaults
 from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
-from .files import atomic_write_json, check_writable_folder, file_digest, recording_writes
+from .files import atomic_write_json, check_writable_folder, file_digest, recording_writes, remove_files
 from .geometry import ImageGeometry
 from .recipes import get_recipe
 from .spectral import (
@@ -141,14 +141,6 @@ def _error_record(item, error: BaseException) -> dict:
     return record
 
 
-def _remove_files(paths: list) -> None:
-    for path in paths:
-        try:
-            Path(path).unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
 def run_batch(
     items: Iterable,
     work: Callable,
@@ -213,7 +205,7 @@ def run_batch(
                 except FATAL_ERRORS:
                     raise
                 except PER_IMAGE_ERRORS as error:
-                    _remove_files(written)
+                    remove_files(written)
                     summary.failed += 1
                     record = _error_record(item, error)
                     summary.errors.append(record)
@@ -419,30 +411,38 @@ class Engine:
     def process(
         self,
         items: Iterable,
-        work: Callable[[ImageResult], None],
+        work: Callable[[ImageResult], object],
         *,
         out_dir=None,
         desc: str,
         verbose: bool = True,
         skip: Callable[[Item], bool] | None = None,
+        collect: Callable[[object, object], None] | None = None,
     ) -> RunSummary:
         """Run ``work(result)`` on the :class:`ImageResult` of every item, under
         :func:`run_batch`'s error policy (an image whose decoding, features or
         decomposition failed counts as failed without calling ``work``). Items for which
         ``skip(item)`` is true (their outputs exist: a resumed run) are not processed and
-        are counted in ``RunSummary.skipped``."""
+        are counted in ``RunSummary.skipped``.
+
+        ``work`` writes the image's outputs and may return a small JSON-able record;
+        ``collect(item, record)``, when given, is called with it on the calling process,
+        in input order, for every image whose ``work`` succeeded. Commands that gather
+        records (``localize``'s boxes) do it there rather than in ``work``, so that
+        ``work`` can run elsewhere (:class:`deepspectral.engine_ray.RayEngine` runs it in
+        Ray tasks)."""
         items = list(items)
         todo = [item for item in items if not skip(item)] if skip is not None else items
         results = self.run(todo)
+
+        def step(result: ImageResult) -> None:
+            record = work(result.check())
+            if collect is not None:
+                collect(result.item, record)
+
         try:
             return run_batch(
-                results,
-                lambda result: work(result.check()),
-                out_dir=out_dir,
-                desc=desc,
-                verbose=verbose,
-                total=len(todo),
-                skipped=len(items) - len(todo),
+                results, step, out_dir=out_dir, desc=desc, verbose=verbose, total=len(todo), skipped=len(items) - len(todo)
             )
         finally:
             results.close()
@@ -458,32 +458,11 @@ class Engine:
         blas.__enter__()
         try:
             for start in range(0, len(items), self.batch_size):
-                chunk = [ImageResult(item) for item in items[start : start + self.batch_size]]
-                todo = []  # (result, features key, decomposition key) still to compute
-                for result in chunk:
-                    try:
-                        start = time.perf_counter()
-                        result.image = result.item.load_image()
-                        result.seconds["load"] = time.perf_counter() - start
-                        if self.decompose:  # refuse an oversize grid before the backbone runs
-                            shape = result.image.shape[:2]
-                            geometry = ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size, fit=self.fit)
-                            # the paper's graph lives on the 1/8 working grid, the others' on the patch grid
-                            check_grid_size(geometry.grid_size if self.recipe.name == defaults.METHOD else geometry.patch_grid)
-                        keys = self._keys(result.image)
-                        result.decomposition = self._cached_decomposition(keys[1], result.image)
-                        if result.decomposition is None or self.keep_features:
-                            todo.append((result, *keys))
-                    except PER_IMAGE_ERRORS as error:
-                        result.error = error
+                chunk = self._prepare(items[start : start + self.batch_size])
                 futures: dict[int, Future] = {}
                 together = []  # the torch backend's batch: (result, decomposition key)
-                for (result, _, eig_key), feats in zip(todo, self._features(todo)):
-                    if isinstance(feats, BaseException):
-                        result.error = feats
-                        continue
-                    result.features = feats
-                    if not self.decompose or result.decomposition is not None:
+                for result, eig_key in chunk:
+                    if result.error is not None or not self._needs_decomposition(result):
                         continue
                     if self.eigen_backend == "torch":
                         together.append((result, eig_key))
@@ -496,6 +475,7 @@ class Engine:
                 elif together:
                     future = pool.submit(self._decompose_together, together)
                     futures.update((id(result), future) for result, _ in together)
+                chunk = [result for result, _ in chunk]
                 pending.extend((result, futures.get(id(result))) for result in chunk)
                 # yield in order what is ready; the previous batch must be done before the
                 # backbone moves on, so at most two batches are in flight
@@ -507,6 +487,40 @@ class Engine:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             blas.__exit__(None, None, None)
+
+    def _prepare(self, items: list) -> list[tuple[ImageResult, str | None]]:
+        """One batch up to the eigen-step: decode, cached decomposition, features (cached or
+        extracted in one batch). Returns ``(result, decomposition key)`` per item, in order;
+        the eigen-step is left to the caller (:meth:`_decompose`, when
+        :meth:`_needs_decomposition`)."""
+        chunk = [(ImageResult(item), None) for item in items]
+        todo = []  # (result, features key, decomposition key) still to compute
+        for index, (result, _) in enumerate(chunk):
+            try:
+                start = time.perf_counter()
+                result.image = result.item.load_image()
+                result.seconds["load"] = time.perf_counter() - start
+                if self.decompose:  # refuse an oversize grid before the backbone runs
+                    shape = result.image.shape[:2]
+                    geometry = ImageGeometry.for_image(shape, self.backbone.patch_size, self.max_size, fit=self.fit)
+                    # the paper's graph lives on the 1/8 working grid, the others' on the patch grid
+                    check_grid_size(geometry.grid_size if self.recipe.name == defaults.METHOD else geometry.patch_grid)
+                keys = self._keys(result.image)
+                chunk[index] = (result, keys[1])
+                result.decomposition = self._cached_decomposition(keys[1], result.image)
+                if result.decomposition is None or self.keep_features:
+                    todo.append((result, *keys))
+            except PER_IMAGE_ERRORS as error:
+                result.error = error
+        for (result, _, _), feats in zip(todo, self._features(todo)):
+            if isinstance(feats, BaseException):
+                result.error = feats
+            else:
+                result.features = feats
+        return chunk
+
+    def _needs_decomposition(self, result: ImageResult) -> bool:
+        return self.decompose and result.decomposition is None
 
     def _keys(self, image: np.ndarray) -> tuple[str | None, str | None]:
         if self.store is None:

@@ -31,6 +31,7 @@ __all__ = [
     "save_png_atomic",
     "remove_stale_temp_files",
     "recording_writes",
+    "remove_files",
     "check_writable_folder",
     "file_digest",
 ]
@@ -102,6 +103,16 @@ def recording_writes() -> Iterator[list]:
         yield written
     finally:
         stack.remove(written)
+
+
+def remove_files(paths) -> None:
+    """Delete ``paths`` where they exist, ignoring the ones that cannot be deleted (used to
+    take back the outputs of an image that failed halfway)."""
+    for path in paths:
+        try:
+            Path(path).unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:

@@ -19,13 +19,16 @@ from .. import defaults
 from .common import UsageError, batch_status
 from .options import (
     add_backbone,
+    add_cluster,
     add_decomposition,
     add_engine,
     add_inputs,
     add_method,
     method_from_args,
     backbone_from_args,
+    check_cluster_args,
     check_weights_and_out,
+    cluster_engine_from_args,
     engine_from_args,
     inputs_from_args,
     output_path,
@@ -74,6 +77,7 @@ def register(commands, formatter) -> None:
         add_decomposition(parser)
         add_method(parser, scores=parser is not eigs)
         add_engine(parser)
+        add_cluster(parser)
         parser.set_defaults(run=lambda args, run=run: _run(args, run))
     for parser in (eigs, segment):  # localize's boxes.json is remade from the cache on each run
         add_overwrite(parser)
@@ -107,6 +111,7 @@ def refine_from_args(args: argparse.Namespace) -> str:
 
 def _run(args: argparse.Namespace, command) -> int:
     check_weights_and_out(args)
+    check_cluster_args(args)
     method_from_args(args)  # refuse options of another recipe before any work
     use = "boxes"
     if command is _run_segment:
@@ -116,6 +121,7 @@ def _run(args: argparse.Namespace, command) -> int:
         use = "masks"
     inputs = inputs_from_args(args)
     engine = engine_from_args(args, backbone_from_args(args), paths=[item.path for item in inputs], use=use)
+    engine = cluster_engine_from_args(args, engine)
     return batch_status(lambda: command(args, engine, inputs))
 
 
@@ -144,25 +150,26 @@ def _run_localize(args, engine, inputs):
 
     records = []
 
-    def work(result) -> None:
+    def work(result) -> dict:  # may run in another process (--engine ray): returns its record
         found = detect(result.decomposition, min_score=args.min_score)
         box = None if found.box is None else [int(v) for v in found.box]
         if args.save_viz:
             picture = result.image if box is None else draw_box(result.image, box)
             save_image_atomic(output_path(args.out, result.item, ".box.jpg"), picture, quality=90)
         height, width = result.image.shape[:2]
-        records.append(
-            {
-                "image": result.item.name,
-                "file": str(result.item.path),
-                "box_xyxy": box,
-                "score": round(found.score, 6),
-                "image_size": [int(width), int(height)],
-            }
-        )
+        return {
+            "image": result.item.name,
+            "file": str(result.item.path),
+            "box_xyxy": box,
+            "score": round(found.score, 6),
+            "image_size": [int(width), int(height)],
+        }
 
     try:
-        summary = engine.process(inputs, work, out_dir=args.out, desc="localize", verbose=not args.quiet)
+        summary = engine.process(
+            inputs, work, out_dir=args.out, desc="localize", verbose=not args.quiet,
+            collect=lambda item, record: records.append(record),
+        )  # fmt: skip
     finally:  # boxes found before an interruption are kept
         atomic_write_json(args.out / BOXES_FILE, records)
     return summary
@@ -180,15 +187,16 @@ def _run_segment(args, engine, inputs):
 
     records = {}
 
-    def work(result) -> None:
+    def work(result) -> dict:  # may run in another process (--engine ray): returns its record
         mask = segment_object(result.decomposition, result.image, refine=args.refine, min_score=args.min_score)
         save_png_atomic(output_path(args.out, result.item, ".png"), mask.astype("uint8") * 255)
         if args.save_viz:
             save_image_atomic(output_path(args.out, result.item, ".overlay.jpg"), overlay_mask(result.image, mask), quality=90)
         score = spectral_score(result.decomposition)
-        records[result.item.name] = {
-            "image": result.item.name, "file": str(result.item.path), "score": round(score, 6), "empty": not bool(mask.any()),
-        }  # fmt: skip
+        return {"image": result.item.name, "file": str(result.item.path), "score": round(score, 6), "empty": not bool(mask.any())}
+
+    def collect(item, record) -> None:
+        records[item.name] = record
 
     # a rerun skips a finished mask only when its score is in scores.json too (a killed run
     # wrote its masks but not its scores.json: those images are redone)
@@ -199,7 +207,9 @@ def _run_segment(args, engine, inputs):
         return item.name in earlier and finished(item)
 
     try:
-        return engine.process(inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet, skip=skip)
+        return engine.process(
+            inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet, skip=skip, collect=collect
+        )
     finally:  # scores of the masks written before an interruption are kept
         kept = [records.get(item.name) or (earlier[item.name] if skip(item) else None) for item in inputs]
         atomic_write_json(args.out / SCORES_FILE, [record for record in kept if record is not None])

@@ -19,11 +19,14 @@ from pathlib import Path
 from .common import UsageError, batch_status
 from .options import (
     add_backbone,
+    add_cluster,
     add_decomposition,
     add_engine,
     add_inputs,
     backbone_from_args,
+    check_cluster_args,
     check_weights_and_out,
+    cluster_engine_from_args,
     engine_from_args,
     inputs_from_args,
     non_negative_int,
@@ -80,6 +83,7 @@ def register(commands, formatter) -> None:
     add_decomposition(parser)
     add_engine(parser)
     add_overwrite(parser)
+    add_cluster(parser)
     group = parser.add_argument_group("matting")
     group.add_argument(
         "--mode",
@@ -126,6 +130,7 @@ def register(commands, formatter) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``deepspectral matte`` on parsed arguments; returns the exit status."""
     check_weights_and_out(args)
+    check_cluster_args(args)
     background = None
     if args.background is not None:
         from ..data.images import ImageLoadError, load_image
@@ -152,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         args, backbone_from_args(args), paths=[item.path for item in inputs], n_eigenvectors=grid_eigenvectors,
         keep_features=True,
     )  # fmt: skip
+    engine = cluster_engine_from_args(args, engine)
 
     def outputs(item) -> list:
         suffixes = [ALPHA_SUFFIX, CUTOUT_SUFFIX]

@@ -31,12 +31,15 @@ __all__ = [
     "add_engine",
     "add_method",
     "method_from_args",
+    "add_cluster",
     "check_weights_and_out",
     "require_crf",
     "backbone_from_args",
     "inputs_from_args",
     "store_from_args",
     "engine_from_args",
+    "check_cluster_args",
+    "cluster_engine_from_args",
     "output_path",
 ]
 
@@ -244,6 +247,32 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--no-cache", action="store_true", help="compute everything, cache nothing")
 
 
+def add_cluster(parser: argparse.ArgumentParser) -> None:
+    """``--engine``, ``--ray-address``, ``--ray-actors`` (commands whose per-image work runs
+    anywhere: see :mod:`deepspectral.engine_ray`)."""
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument(
+        "--engine",
+        choices=defaults.ENGINES,
+        default=defaults.ENGINE,
+        help="local: this process; ray: a Ray cluster (pip install \"deepspectral[ray]\"), same outputs",
+    )
+    cluster.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --engine ray: the cluster to join ('auto': the one `ray start` runs on this machine; "
+        "'ray://HOST:10001'); default: start a local Ray for this run",
+    )
+    cluster.add_argument(
+        "--ray-actors",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --engine ray: backbone actors (default: one per GPU of the cluster, else 1)",
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Objects built from the options
 # ---------------------------------------------------------------------------------------
@@ -377,6 +406,34 @@ def engine_from_args(
         raise UsageError(str(error)) from None
     engine.store = store_from_args(args, backbone, paths=paths, n_eigenvectors=n_eigenvectors)
     return engine
+
+
+def cluster_engine_from_args(args: argparse.Namespace, engine):
+    """``engine`` itself with ``--engine local``, else a
+    :class:`~deepspectral.engine_ray.RayEngine` around it; Ray options without
+    ``--engine ray``, or Ray not installed, are a :class:`UsageError`."""
+    check_cluster_args(args)
+    if getattr(args, "engine", defaults.ENGINE) == "local":
+        return engine
+    from ..engine_ray import RayEngine
+
+    return RayEngine(engine, address=args.ray_address, actors=args.ray_actors, device=args.device)
+
+
+def check_cluster_args(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` for Ray options without ``--engine ray``, or ``--engine ray``
+    without Ray installed (call it before loading anything)."""
+    if getattr(args, "engine", defaults.ENGINE) == "local":
+        for option in ("ray_address", "ray_actors"):
+            if getattr(args, option, None) is not None:
+                raise UsageError(f"--{option.replace('_', '-')}: only with --engine ray")
+        return
+    from ..engine_ray import require_ray
+
+    try:
+        require_ray()
+    except ImportError as error:
+        raise UsageError(f"--engine ray: {error}") from None
 
 
 def output_path(out_dir: Path, item, suffix: str) -> Path:
