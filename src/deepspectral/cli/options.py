@@ -179,20 +179,20 @@ def add_method(parser: argparse.ArgumentParser, *, scores: bool = True) -> None:
     )
     recipe.add_argument(
         "--tau",
-        type=float,
+        type=number_type(float, -1),  # and < 1: checked with the recipe (method_from_args)
         default=None,
         help=f"tokencut only: cosine above which two patches are linked (default {defaults.TOKENCUT_TAU})",
     )
     recipe.add_argument(
         "--eps",
-        type=float,
+        type=positive_float,  # and < 1: checked with the recipe
         default=None,
         help=f"tokencut only: weight of the other pairs of patches (default {defaults.TOKENCUT_EPS:g})",
     )
     if scores:
         recipe.add_argument(
             "--min-score",
-            type=float,
+            type=non_negative_float,  # and <= 1: checked in method_from_args
             default=defaults.MIN_SCORE,
             help="report 'no object' (a null box, an empty mask) when the score (the relative eigengap "
             "1 - l1/l2 of the decomposition, in [0, 1]) is below this",
