@@ -435,7 +435,8 @@ def main() -> None:
     print()
     print("| eigen-step, ms per image | median | min | max |")
     print("|---|---:|---:|---:|")
-    print(f"| paper's `_extract_eig` (imported) | {np.median(paper_ms):.0f} | {paper_ms.min():.0f} | {paper_ms.max():.0f} |")
+    print(f"| paper's `_extract_eig` (imported) | {np.median(paper_ms):.0f} | {paper_ms.min():.0f} | "
+          f"{paper_ms.max():.0f} |")  # fmt: skip
     print(f"| `deepspectral.decompose` | {np.median(ours_ms):.0f} | {ours_ms.min():.0f} | {ours_ms.max():.0f} |")
     print(f"| speed-up (per image) | {np.median(ratio):.1f}× | {ratio.min():.1f}× | {ratio.max():.1f}× |")
     print(f"speed-up of the median times: {np.median(paper_ms) / np.median(ours_ms):.1f}×")
