@@ -403,7 +403,8 @@ def main() -> None:
     results = []
     for path in paths:
         image = load_image(path)
-        results.append(compare_photo(code, backbone, image, Path(path).name, scratch, knn_lambda=args.knn_lambda))
+        name = f"{Path(path).parent.name}/{Path(path).name}"
+        results.append(compare_photo(code, backbone, image, name, scratch, knn_lambda=args.knn_lambda))
 
     print(f"authors' code: {code.checkout} at commit {code.commit}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}, "
