@@ -254,12 +254,10 @@ def _load_weights_file(model, path: Path, config: BackboneConfig, device: str) -
     exactly (keys and shapes); the tensors end up on ``device`` as float32.
     """
     import torch
-    from timm.models.eva import Eva
-    from timm.models.eva import checkpoint_filter_fn as eva_filter
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    from timm.models import eva, vision_transformer
 
-    if isinstance(model, Eva):  # DINOv3: timm's Eva, whose filter converts Meta's layout
-        checkpoint_filter_fn = eva_filter  # noqa: F811
+    # DINOv3 is timm's Eva, whose filter converts Meta's checkpoint layout
+    checkpoint_filter_fn = (eva if isinstance(model, eva.Eva) else vision_transformer).checkpoint_filter_fn
     state = read_state_dict(path)
     proj = state.get("patch_embed.proj.weight")
     if proj is not None and proj.ndim == 4 and tuple(proj.shape[-2:]) != (config.patch_size,) * 2:
