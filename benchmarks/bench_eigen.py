@@ -1,9 +1,10 @@
-"""Eigen-step benchmark: ours vs the paper's recipe, side by side on the same photos.
+"""Eigen-step benchmark: deepspectral's stages on the same photos.
 
 For each photo: decode, features (ViT, given weights or a random-initialised ViT-S/16),
-then the eigen-step (affinity + Laplacian + eigensolver) the reference way and our way,
-then the localization box. Prints per-stage median milliseconds per image, the speed-up,
-the agreement of eigenvectors (|cos| where the eigengap is clear) and of boxes.
+then the eigen-step (affinity + Laplacian + eigensolver), with BLAS on every core and with
+one BLAS thread, then the localization box. Prints per-stage median milliseconds per
+image. The comparison with the paper's own code (imported from a checkout of the authors'
+repository: speed and parity) is ``benchmarks/bench_paper_parity.py``.
 
     python benchmarks/bench_eigen.py [IMAGES ...] [--limit 20] [--weights FILE]
 
@@ -23,14 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reference_recipe import reference_eigenvectors  # noqa: E402
-
-from deepspectral import Backbone, localize  # noqa: E402
-from deepspectral.backbones import save_random_weights  # noqa: E402
-from deepspectral.data.images import collect_inputs, load_image  # noqa: E402
-from deepspectral.spectral import (  # noqa: E402
+from deepspectral import Backbone, localize
+from deepspectral.backbones import save_random_weights
+from deepspectral.data.images import collect_inputs, load_image
+from deepspectral.spectral import (
     Decomposition,
     _workspace,
     affinity_matrix,
@@ -42,17 +39,6 @@ from deepspectral.spectral import (  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def clear_gap_cosines(ref_values, ref_vectors, values, vectors, degree) -> list[float]:
-    cosines = []
-    for i in range(1, len(values) - 1):
-        gap = min(abs(ref_values[i] - ref_values[i - 1]), abs(ref_values[i + 1] - ref_values[i]))
-        if gap < 1e-3:
-            continue
-        a, b = ref_vectors[i].astype(np.float64), vectors[i].astype(np.float64)
-        cosines.append(abs(a @ (degree * b)) / np.sqrt((a @ (degree * a)) * (b @ (degree * b))))
-    return cosines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*")
@@ -60,7 +46,6 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--backbone", default="dino_vits16")
     parser.add_argument("--knn-lambda", type=float, default=10.0)
-    parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
 
     sources = args.images or [str(SHARED / "sod" / "images"), str(SHARED / "coco-mini")]
@@ -71,9 +56,9 @@ def main() -> None:
     backbone = Backbone(args.backbone, weights=weights, device="cpu")
 
     stages = ("affinity", "eigensolver", "task")
-    rows = {k: [] for k in ("decode", "features", "ref_eig", *stages, *(f"{k}_1t" for k in stages))}
-    cosines, same_box, sizes = [], 0, []
-    # pass 1: decode, features and the reference recipe (BLAS as configured)
+    rows = {k: [] for k in ("decode", "features", *stages, *(f"{k}_1t" for k in stages))}
+    sizes = []
+    # pass 1: decode and features
     prepared = []
     for item in inputs:
         t0 = time.perf_counter()
@@ -85,19 +70,14 @@ def main() -> None:
         rows["features"].append(t2 - t1)
         grid = feats.geometry.grid_size
         image_small = feats.geometry.grid_colours(image)
-        reference = None
-        if not args.skip_reference:
-            r0 = time.perf_counter()
-            reference = reference_eigenvectors(feats.features, image_small, knn_lambda=args.knn_lambda)
-            rows["ref_eig"].append(time.perf_counter() - r0)
-        prepared.append((image, feats, grid, image_small, reference))
+        prepared.append((image, feats, grid, image_small))
         sizes.append(image.shape[:2])
     # pass 2: ours, as `deepspectral localize` runs it with the default --workers 1 (the
     # eigen-step alone, BLAS on every core); pass 3: with one BLAS thread, as each of the
     # eigen-steps running side by side with --workers 2 gets
     for blas_limit, suffix in ((contextlib.nullcontext(), ""), (single_threaded_blas(), "_1t")):
         with blas_limit:
-            for image, feats, grid, image_small, reference in prepared:
+            for image, feats, grid, image_small in prepared:
                 t3 = time.perf_counter()
                 affinity = affinity_matrix(
                     feats.features, image_small, knn_lambda=args.knn_lambda, upper_only=True,
@@ -108,19 +88,11 @@ def main() -> None:
                 vectors = orient_eigenvectors(vectors.reshape(-1, *grid))
                 t5 = time.perf_counter()
                 dec = Decomposition(values, vectors, feats.image_size, feats.input_size, feats.crop_size, feats.patch_size)
-                box = localize(dec)
+                localize(dec)
                 t6 = time.perf_counter()
                 rows["affinity" + suffix].append(t4 - t3)
                 rows["eigensolver" + suffix].append(t5 - t4)
                 rows["task" + suffix].append(t6 - t5)
-                if reference is not None and not suffix:
-                    degree = (np.triu(affinity) + np.triu(affinity, 1).T).sum(axis=1, dtype=np.float64)
-                    ref_values, ref_vectors = reference
-                    cosines += clear_gap_cosines(ref_values, ref_vectors, values, vectors.reshape(len(values), -1), degree)
-                    ref_dec = Decomposition(
-                        ref_values, ref_vectors.reshape(-1, *grid), feats.image_size, feats.input_size, feats.crop_size, 16
-                    )
-                    same_box += localize(ref_dec) == box
 
     ms = {k: 1000 * float(np.median(v)) if v else float("nan") for k, v in rows.items()}
     ours = {suffix: np.array(rows["affinity" + suffix]) + np.array(rows["eigensolver" + suffix]) for suffix in ("", "_1t")}
@@ -128,24 +100,14 @@ def main() -> None:
           f"python {platform.python_version()}")
     print(f"images: {len(inputs)} (sizes {min(sizes)}..{max(sizes)}), backbone {args.backbone}, knn_lambda {args.knn_lambda}")
     print()
-    print("| stage (median ms / image) | reference recipe | deepspectral | deepspectral, 1 BLAS thread |")
-    print("|---|---:|---:|---:|")
-    print(f"| decode | {ms['decode']:.1f} | {ms['decode']:.1f} | |")
-    print(f"| features (ViT forward) | {ms['features']:.1f} | {ms['features']:.1f} | |")
-    print(f"| affinity | | {ms['affinity']:.1f} | {ms['affinity_1t']:.1f} |")
-    print(f"| eigensolver | | {ms['eigensolver']:.1f} | {ms['eigensolver_1t']:.1f} |")
-    print(f"| **eigen-step total** | {ms['ref_eig']:.1f} | {1000 * np.median(ours['']):.1f} | "
-          f"{1000 * np.median(ours['_1t']):.1f} |")
-    print(f"| task (box) | {ms['task']:.2f} | {ms['task']:.2f} | {ms['task_1t']:.2f} |")
-    if not args.skip_reference:
-        print()
-        for suffix, label in (("", "deepspectral"), ("_1t", "deepspectral, 1 BLAS thread")):
-            ratio = np.array(rows["ref_eig"]) / ours[suffix]
-            print(f"eigen-step speed-up, {label}: {np.median(rows['ref_eig']) / np.median(ours[suffix]):.1f}x "
-                  f"in median time; per image median {np.median(ratio):.1f}x (min {ratio.min():.1f}x, "
-                  f"max {ratio.max():.1f}x)")
-        print(f"eigenvectors with a clear gap: {len(cosines)}, min |cos| {min(cosines) if cosines else float('nan'):.6f}")
-        print(f"same box as the reference: {same_box}/{len(inputs)}")
+    print("| stage (median ms / image) | deepspectral | deepspectral, 1 BLAS thread |")
+    print("|---|---:|---:|")
+    print(f"| decode | {ms['decode']:.1f} | |")
+    print(f"| features (ViT forward) | {ms['features']:.1f} | |")
+    print(f"| affinity | {ms['affinity']:.1f} | {ms['affinity_1t']:.1f} |")
+    print(f"| eigensolver | {ms['eigensolver']:.1f} | {ms['eigensolver_1t']:.1f} |")
+    print(f"| **eigen-step total** | {1000 * np.median(ours['']):.1f} | {1000 * np.median(ours['_1t']):.1f} |")
+    print(f"| task (box) | {ms['task']:.2f} | {ms['task_1t']:.2f} |")
 
 
 if __name__ == "__main__":

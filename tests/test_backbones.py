@@ -133,9 +133,11 @@ def test_registry_matches_timm():
         assert cfg.hf_hub_id == config.hf_hub_id
         assert cfg.url == config.weights_url
         with torch.device("meta"):  # shapes only, no memory, no init cost
-            model = timm.create_model(
-                config.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, weight_init="skip"
-            )
+            kwargs = dict(pretrained=False, num_classes=0, dynamic_img_size=True)
+            try:
+                model = timm.create_model(config.timm_name, weight_init="skip", **kwargs)
+            except TypeError:  # DINOv3's Eva has no weight_init option
+                model = timm.create_model(config.timm_name, **kwargs)
         assert model.patch_embed.patch_size[0] == config.patch_size
         assert model.embed_dim == config.embed_dim
         assert len(model.blocks) == config.depth
@@ -440,6 +442,80 @@ def test_dinov2_registers_original_layout(tmp_path):
     assert feats.features.shape == (4, 3, 384)
     expected = _manual_features(model, image, block=-1, kind="k", patch=14, prefix=5)
     np.testing.assert_allclose(feats.features, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def dinov3_model():
+    """A random-initialised DINOv3 ViT-S/16 built by timm (no download), biases non-zero."""
+    torch.manual_seed(3)
+    model = timm.create_model("vit_small_patch16_dinov3", pretrained=False, num_classes=0).eval()
+    _randomise_biases(model)
+    return model
+
+
+def _normalised(pixels):
+    x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    mean = torch.tensor(defaults.IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(defaults.IMAGENET_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def test_dinov3_registered():
+    names = {"dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vith16plus"}
+    assert names <= set(available_backbones())
+    for name in names:
+        config = BACKBONES[name]
+        assert config.patch_size == 16 and config.num_prefix_tokens == 5  # class token + 4 registers
+        assert config.timm_name.endswith("_dinov3.lvd1689m") and "qkvb" not in config.timm_name
+    assert defaults.BACKBONE == "dino_vits16"  # DINO v1 stays the default
+
+
+def test_dinov3_patch_features_drop_class_and_register_tokens(tmp_path, dinov3_model):
+    path = tmp_path / "dinov3_random.pth"
+    torch.save(dinov3_model.state_dict(), path)
+    bb = Backbone("dinov3_vits16", weights=path, device="cpu")
+    image = _image(70, 100, seed=12)
+    crop = image[:64, :96]
+    x = _normalised(crop)
+    with torch.no_grad():
+        # block 0: each patch token's key depends on its own patch only (no absolute
+        # position embedding, RoPE is applied after qkv), so it is computed here without
+        # any class / register token: the features must be exactly these 4 x 6 keys
+        patches = dinov3_model.patch_embed(x).reshape(1, 24, 384)
+        first = dinov3_model.blocks[0]
+        keys0 = torch.nn.functional.linear(first.norm1(patches), first.attn.qkv.weight)[..., 384:768]
+        # last block: the whole sequence run by hand; tokens 0 (class) and 1..4 (registers) dropped
+        tokens, rope = dinov3_model._pos_embed(dinov3_model.patch_embed(x))
+        tokens = dinov3_model.norm_pre(tokens)
+        for blk in dinov3_model.blocks[:-1]:
+            tokens = blk(tokens, rope=rope)
+        last = dinov3_model.blocks[-1]
+        keys = torch.nn.functional.linear(last.norm1(tokens), last.attn.qkv.weight)[..., 384:768]
+    assert tokens.shape[1] == 1 + 4 + 24
+    feats0 = bb.extract(image, block=0, max_size=None)
+    assert feats0.features.shape == (4, 6, 384)
+    np.testing.assert_allclose(feats0.features, keys0[0].reshape(4, 6, 384).numpy(), atol=1e-5, rtol=1e-5)
+    feats = bb.extract(image, max_size=None)
+    np.testing.assert_allclose(feats.features, keys[0, 5:].reshape(4, 6, 384).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_dinov3_original_layout(tmp_path, dinov3_model):
+    """Meta's DINOv3 checkpoint layout (storage_tokens, ls1/ls2, rope periods, mask token)
+    is converted by timm's Eva filter to the same model."""
+    state = dict(dinov3_model.state_dict())
+    original = {}
+    for key, value in state.items():
+        key = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        original[key] = value
+    original["mask_token"] = torch.zeros(1, 384)
+    original["rope_embed.periods"] = torch.ones(16)
+    path = tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth"
+    torch.save(original, path)
+    timm_path = tmp_path / "timm.pth"
+    torch.save(state, timm_path)
+    image = _image(48, 80, seed=13)
+    expected = Backbone("dinov3_vits16", weights=timm_path, device="cpu").extract(image).features
+    np.testing.assert_array_equal(Backbone("dinov3_vits16", weights=path, device="cpu").extract(image).features, expected)
 
 
 def test_wrong_weights(tmp_path, vit_model):

@@ -8,6 +8,7 @@ import pytest
 
 from deepspectral.geometry import (
     ImageGeometry,
+    grid_colours_of_crop,
     mask_to_box,
     resize_bilinear,
     resize_nearest,
@@ -105,6 +106,61 @@ def test_crop_and_grid_colours():
     assert colours.shape == (4, 6, 3) and colours.dtype == np.float32 and 0 <= colours.min() <= colours.max() <= 1
     with pytest.raises(ValueError, match="does not match"):
         geometry.crop(image[:30])
+
+
+def _triangle_shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Brute-force antialiased bilinear shrink of ``(H, W, 3)`` to ``size``: each output
+    pixel is the triangle-weighted mean over its footprint widened by the scale (the
+    definition of PIL's BILINEAR filter when shrinking), in float64, no rounding."""
+    out = image.astype(np.float64)
+    for axis, n_out in ((1, size[1]), (0, size[0])):
+        n_in = out.shape[axis]
+        scale = n_in / n_out
+        centres = (np.arange(n_out) + 0.5) * scale
+        source = np.arange(n_in) + 0.5
+        weights = np.maximum(1.0 - np.abs(source[None, :] - centres[:, None]) / scale, 0.0)
+        weights /= weights.sum(axis=1, keepdims=True)
+        out = np.moveaxis(np.tensordot(weights, np.moveaxis(out, axis, 0), axes=(1, 0)), 0, axis)
+    return out
+
+
+def test_grid_colours_are_the_papers_pil_bilinear_resize_of_the_crop():
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    geometry = ImageGeometry.for_image((75, 101), 16, None)
+    crop = image[:64, :96]
+    colours = geometry.grid_colours(image)
+    assert colours.shape == (8, 12, 3) and colours.dtype == np.float32
+    # the paper's code: PIL's BILINEAR resize to the grid, uint8 / 255 (of the crop here)
+    expected = np.asarray(Image.fromarray(crop).resize((12, 8), Image.BILINEAR)) / 255.0
+    np.testing.assert_array_equal(colours, expected.astype(np.float32))
+    np.testing.assert_array_equal(geometry.crop_to_grid_colours(crop), colours)
+    np.testing.assert_array_equal(grid_colours_of_crop(crop, (8, 12)), colours)
+    # antialiased: the mean over the footprint (to PIL's 8-bit rounding), not 2 samples
+    np.testing.assert_allclose(colours, _triangle_shrink(crop, (8, 12)) / 255.0, atol=1.5 / 255)
+    two_tap = resize_bilinear(crop.astype(np.float32) / 255.0, (8, 12))
+    assert np.abs(two_tap - colours).max() > 0.2  # noise: two samples are far from the mean
+
+
+def test_grid_colours_use_the_crop_not_the_squeezed_image():
+    # the paper's code squeezes the uncropped image onto the crop's grid; here the dropped
+    # rows / columns (a bright strip) must not leak into the grid colours
+    image = np.zeros((40, 56, 3), np.uint8)
+    image[32:, :] = 255
+    image[:, 48:] = 255
+    geometry = ImageGeometry.for_image((40, 56), 16, None)
+    assert geometry.crop_size == (32, 48)
+    np.testing.assert_array_equal(geometry.grid_colours(image), 0.0)
+
+
+def test_grid_colours_reject_a_wrong_crop():
+    geometry = ImageGeometry.for_image((40, 56), 16, None)
+    with pytest.raises(ValueError, match="crop"):
+        geometry.crop_to_grid_colours(np.zeros((40, 56, 3), np.uint8))
+    with pytest.raises(ValueError, match="crop"):
+        grid_colours_of_crop(np.zeros((32, 48), np.uint8), (4, 6))
 
 
 def test_mask_to_box():

@@ -290,7 +290,11 @@ def test_full_and_fast_modes_agree(scene):
         full = matte(image, features=features, mode="full")
         lanczos = matte(image, features=features, mode="full", solver="lanczos")
     assert np.abs(fast.alpha - full.alpha).mean() < 0.05
-    assert iou(fast.alpha > 0.5, full.alpha > 0.5) > 0.9
+    # measured 0.935 with the 2-tap colour image, 0.899 with the paper's antialiased one
+    # (the fast mode's grid: IoU with the truth 0.971 -> 0.931 on this noise-textured scene;
+    # on 30 SOD / DAVIS photos with oracle features unchanged, 0.769 -> 0.766 and
+    # 0.921 -> 0.920 with 16- / 8-px patches, benchmarks/bench_matting.py)
+    assert iou(fast.alpha > 0.5, full.alpha > 0.5) > 0.85
     # LOBPCG (from the grid eigenvectors, tolerance FULL_LOBPCG_TOL) == Lanczos (1e-5): the
     # same eigenpairs (a block without guard vectors once settled on a wrong set here)
     np.testing.assert_allclose(full.eigenvalues, lanczos.eigenvalues, atol=1e-4)

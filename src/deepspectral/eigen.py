@@ -94,7 +94,7 @@ DENSE_SOLVER_MAX_NODES = 400
 DENSE_FALLBACK_MAX_NODES = 4000
 #: Lanczos (ARPACK) relative residual: eigenvector error ≈ tol / eigengap, so 1e-5 keeps
 #: |cos| > 0.999 to the exact eigenvectors down to gaps of 1e-3 (checked against dense
-#: ``eigh`` in the tests and against the reference recipe in ``benchmarks/bench_eigen.py``).
+#: ``eigh`` in the tests and against the paper's own code in ``benchmarks/bench_paper_parity.py``).
 LANCZOS_TOL = 1e-5
 #: LOBPCG residual-norm tolerance when none is given: started from the upsampled grid
 #: eigenvectors it matches the eigenpairs of Lanczos at :data:`LANCZOS_TOL` to

@@ -13,7 +13,9 @@ One image passes through four frames (all sizes ``(height, width)``):
   (TokenCut's saliency masks) resizes the image straight to a multiple of P, so the crop is
   the whole input;
 - the **working grid**, ``grid_size`` (h, w) = crop // 8 (at least 1×1): the paper's
-  intermediate resolution, on which the affinity and the eigenvectors live.
+  intermediate resolution, on which the affinity and the eigenvectors live; the colour
+  image of the KNN affinity is the crop shrunk onto it by PIL's antialiased bilinear
+  resize, as the paper's code makes it (:func:`grid_colours_of_crop`).
 
 :class:`ImageGeometry` holds the first three sizes (the rest follows) and maps results back
 to the original image with one rule per kind of data:
@@ -47,6 +49,7 @@ __all__ = [
     "as_rgb_array",
     "input_size_for",
     "resize_image",
+    "grid_colours_of_crop",
     "resize_bilinear",
     "resize_nearest",
     "linear_taps",
@@ -128,6 +131,30 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     resized = Image.fromarray(image).resize((int(size[1]), int(size[0])), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
+
+
+def grid_colours_of_crop(crop: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
+    """The colour image of the KNN affinity: a crop ``(H_c, W_c, 3) uint8`` resized to the
+    working grid ``grid_size = (h, w)``, as ``(h, w, 3) float32`` in [0, 1].
+
+    The paper's code (``extract/extract.py``, ``_extract_eig``) makes it with PIL's
+    ``Image.resize(..., Image.BILINEAR)`` of the image file, values rounded to uint8 and
+    divided by 255: when shrinking (by 8 here) PIL's bilinear filter is widened to the
+    whole footprint of an output pixel (a triangle over 2 × 8 source pixels per axis),
+    i.e. antialiased, unlike the 2-tap bilinear of :func:`resize_bilinear`. This is that
+    resize, of the *cropped* image (the paper's code resizes the uncropped file onto the
+    grid of the crop, a misalignment of up to one patch that is not copied here).
+    """
+    from PIL import Image
+
+    crop = np.asarray(crop)
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+        raise ValueError(f"crop: expected an (H, W, 3) uint8 array, got shape {crop.shape} dtype {crop.dtype}")
+    h, w = int(grid_size[0]), int(grid_size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"grid_size: expected positive sizes, got {grid_size}")
+    small = Image.fromarray(np.ascontiguousarray(crop)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(small, dtype=np.float32) / np.float32(255.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -389,12 +416,15 @@ class ImageGeometry:
 
     def grid_colours(self, image) -> np.ndarray:
         """The crop's colours on the working grid, ``(h, w, 3) float32`` in [0, 1]: what the
-        colour affinity of the decomposition sees."""
+        colour affinity of the decomposition sees (see :func:`grid_colours_of_crop`)."""
         return self.crop_to_grid_colours(self.crop(image))
 
     def crop_to_grid_colours(self, crop: np.ndarray) -> np.ndarray:
         """:meth:`grid_colours` of an already made :meth:`crop` ``(H_c, W_c, 3) uint8``."""
-        return resize_bilinear(np.asarray(crop).astype(np.float32) / 255.0, self.grid_size)
+        crop = np.asarray(crop)
+        if tuple(crop.shape[:2]) != self.crop_size:
+            raise ValueError(f"crop: size {tuple(crop.shape[:2])} does not match the crop size {self.crop_size}")
+        return grid_colours_of_crop(crop, self.grid_size)
 
     def _check_image(self, image) -> np.ndarray:
         rgb = as_rgb_array(image)

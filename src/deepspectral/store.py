@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 #: Bump when the meaning or layout of cached files changes (2: features stored as float32,
-#: keys of the decoded pixels).
-CACHE_FORMAT_VERSION = 2
+#: keys of the decoded pixels; 3: the KNN colour image is the paper's antialiased PIL
+#: bilinear resize of the crop, so decompositions cached before differ).
+CACHE_FORMAT_VERSION = 3
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -44,7 +44,8 @@ class BackboneConfig:
         Hugging Face hub repository the pretrained weights come from.
     weights_url : str
         Where the original (DINO / DINOv2) checkpoint is published; it can be passed as
-        ``weights=`` when the hub cannot be reached.
+        ``weights=`` when the hub cannot be reached. Empty where there is no public file
+        (DINOv3: Meta's licence form).
     description : str
         One line for humans.
     """
@@ -95,6 +96,25 @@ def _dinov2(name: str, size: str, dim: int, depth: int, reg: bool, desc: str) ->
     )
 
 
+def _dinov3(name: str, arch: str, dim: int, depth: int, desc: str) -> BackboneConfig:
+    """A DINOv3 ViT/16 (Siméoni et al. 2025) as timm provides it: class token + 4 register
+    tokens, RoPE positions (no absolute position embedding), weights ``lvd1689m``. Meta
+    gives the original checkpoints only after its licence form, so there is no public file
+    URL (timm's pretrained config has none either); timm's hub copy is the download."""
+    timm_name = f"vit_{arch}_patch16_dinov3.lvd1689m"
+    return BackboneConfig(
+        name=name,
+        timm_name=timm_name,
+        patch_size=16,
+        embed_dim=dim,
+        depth=depth,
+        num_prefix_tokens=1 + 4,
+        hf_hub_id=f"timm/{timm_name}",
+        weights_url="",
+        description=desc,
+    )
+
+
 _REGISTERED = (
     _dino("dino_vits16", "vit_small_patch16_224.dino", 16, 384, "dino_deitsmall16_pretrain",
           "DINO ViT-S/16 (the paper's default)"),
@@ -110,6 +130,13 @@ _REGISTERED = (
     _dinov2("dinov2_vits14_reg", "s", 384, 12, True, "DINOv2 ViT-S/14 with 4 registers"),
     _dinov2("dinov2_vitb14_reg", "b", 768, 12, True, "DINOv2 ViT-B/14 with 4 registers"),
     _dinov2("dinov2_vitl14_reg", "l", 1024, 24, True, "DINOv2 ViT-L/14 with 4 registers"),
+    # DINOv3: timm's models without qkv bias (the "_qkvb" variants add an all-zero bias
+    # that timm applies outside the qkv layer, where the feature hook cannot see it)
+    _dinov3("dinov3_vits16", "small", 384, 12, "DINOv3 ViT-S/16 (4 registers)"),
+    _dinov3("dinov3_vits16plus", "small_plus", 384, 12, "DINOv3 ViT-S+/16 (4 registers)"),
+    _dinov3("dinov3_vitb16", "base", 768, 12, "DINOv3 ViT-B/16 (4 registers)"),
+    _dinov3("dinov3_vitl16", "large", 1024, 24, "DINOv3 ViT-L/16 (4 registers)"),
+    _dinov3("dinov3_vith16plus", "huge_plus", 1280, 32, "DINOv3 ViT-H+/16 (4 registers)"),
 )
 
 #: Registered backbones by name.

@@ -323,8 +323,10 @@ def _load_weights_file(model, path: Path, config: BackboneConfig, device: str) -
     exactly (keys and shapes); the tensors end up on ``device`` as float32.
     """
     import torch
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    from timm.models import eva, vision_transformer
 
+    # DINOv3 is timm's Eva, whose filter converts Meta's checkpoint layout
+    checkpoint_filter_fn = (eva if isinstance(model, eva.Eva) else vision_transformer).checkpoint_filter_fn
     state = read_state_dict(path)
     proj = state.get("patch_embed.proj.weight")
     if proj is not None and proj.ndim == 4 and tuple(proj.shape[-2:]) != (config.patch_size,) * 2:
@@ -390,12 +392,13 @@ _TRUE_STRINGS = {"1", "true", "yes", "on"}
 
 def _weights_help(config: BackboneConfig) -> str:
     """The paragraph telling the user which file to download and how to pass it."""
+    original = f"the original file {config.weights_url} or " if config.weights_url else ""
     return (
-        f"Without network access, download a checkpoint elsewhere -- the original file "
-        f"{config.weights_url} or the timm weights (model.safetensors) from "
-        f"https://huggingface.co/{config.hf_hub_id} -- and pass it with `--weights FILE` on "
-        f"the command line or `Backbone({config.name!r}, weights='FILE')` in Python. Both the "
-        f"original DINO/DINOv2 .pth and timm/safetensors state dicts work."
+        f"Without network access, download a checkpoint elsewhere -- {original}the timm "
+        f"weights (model.safetensors) from https://huggingface.co/{config.hf_hub_id} -- and "
+        f"pass it with `--weights FILE` on the command line or "
+        f"`Backbone({config.name!r}, weights='FILE')` in Python. Both the original "
+        f"DINO/DINOv2/DINOv3 .pth and timm/safetensors state dicts work."
     )
 
 
@@ -546,7 +549,10 @@ def create_vit(config: BackboneConfig, weights: Path | None, device: str):
         # Build on the meta device (no random init: it is overwritten anyway), then
         # materialise on the target device while loading the state dict.
         with torch.device("meta"):
-            model = timm.create_model(config.timm_name, weight_init="skip", **kwargs)
+            try:
+                model = timm.create_model(config.timm_name, weight_init="skip", **kwargs)
+            except TypeError:  # a model without that option (DINOv3's Eva)
+                model = timm.create_model(config.timm_name, **kwargs)
         persistent = set(model.state_dict())
         if any(name not in persistent for name, _ in model.named_buffers()):
             # Non-persistent buffers would stay uninitialised: build normally instead.
