@@ -110,9 +110,9 @@ def refine_from_args(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace, command) -> int:
-    check_weights_and_out(args)
     check_cluster_args(args)
     method_from_args(args)  # refuse options of another recipe before any work
+    check_weights_and_out(args)
     use = "boxes"
     if command is _run_segment:
         args.refine = refine_from_args(args)

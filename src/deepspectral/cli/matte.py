@@ -129,8 +129,8 @@ def register(commands, formatter) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``deepspectral matte`` on parsed arguments; returns the exit status."""
-    check_weights_and_out(args)
     check_cluster_args(args)
+    check_weights_and_out(args)
     background = None
     if args.background is not None:
         from ..data.images import ImageLoadError, load_image

@@ -23,9 +23,12 @@ __all__ = ["RUN_RECORD", "NEUTRAL_OPTIONS", "add_overwrite", "finished_outputs"]
 #: The run record, in the output folder.
 RUN_RECORD = ".deepspectral-run.json"
 #: Options that never change an output file (left out of the run record): where inputs and
-#: outputs are, the progress display, and the speed / caching knobs (tested to give
-#: byte-identical outputs).
-NEUTRAL_OPTIONS = frozenset({"inputs", "out", "quiet", "batch_size", "workers", "cache", "no_cache", "overwrite", "run"})
+#: outputs are, the progress display, and the speed / caching / cluster knobs (tested to
+#: give byte-identical outputs).
+NEUTRAL_OPTIONS = frozenset(
+    {"inputs", "out", "quiet", "batch_size", "workers", "cache", "no_cache", "overwrite", "run",
+     "engine", "ray_address", "ray_actors"}
+)  # fmt: skip
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:
