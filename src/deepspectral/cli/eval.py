@@ -91,6 +91,7 @@ SWEEP_KEYS = {
     "feature": _choice(defaults.FEATURE_KINDS),
     "backbone": _backbone_name,
     "knn_kernel": _choice(defaults.KNN_KERNELS),
+    "method": _choice(defaults.METHOD_NAMES),
 }
 
 
@@ -117,6 +118,15 @@ def _sweep(text: str) -> tuple[str, list]:
     if not parsed:
         raise argparse.ArgumentTypeError(f"no values given for {key}")
     return key, parsed
+
+
+def _methods(text: str) -> list[str]:
+    """An argparse ``type``: ``dsm``, ``tokencut`` or a comma-separated list of them."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in defaults.METHOD_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(defaults.METHOD_NAMES)}, got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def _add_dataset_arguments(parser, datasets) -> None:
@@ -147,6 +157,12 @@ def _add_run_arguments(parser) -> None:
     add_decomposition(parser)
     parser.add_argument("--knn-kernel", choices=defaults.KNN_KERNELS, default=defaults.KNN_KERNEL,
                         help="edge weights of the colour affinity (binary: the paper's code)")  # fmt: skip
+    parser.add_argument(
+        "--method", type=_methods, default=[defaults.METHOD], metavar="M[,M...]",
+        help=f"recipe(s) to score ({', '.join(defaults.METHOD_NAMES)}); several, comma-separated, are scored on the "
+        "same images in one run and compared in one table (OUT/sweep.json); each uses its own defaults "
+        "(tokencut: tau, eps, and the bilateral solver for masks unless --no-crf)",
+    )  # fmt: skip
     parser.add_argument(
         "--sweep", type=_sweep, action="append", default=[], metavar="SETTING=V1,V2",
         help=f"ablation grid over a setting ({', '.join(SWEEP_KEYS)}); repeat for several",
@@ -233,6 +249,7 @@ def _settings(args) -> dict:
         "backbone": args.backbone, "block": args.block, "feature": args.feature, "precision": args.precision,
         "max_size": args.max_size,
         "knn_lambda": args.knn_lambda, "n_eigenvectors": args.n_eigenvectors, "knn_kernel": args.knn_kernel,
+        "method": args.method[0],
     }  # fmt: skip
 
 
@@ -279,8 +296,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 1 if result.errors else 0
 
     base = _settings(args)
-    sweep_keys = [k for k, _ in args.sweep]
-    combos = [dict(zip(sweep_keys, values)) for values in itertools.product(*[v for _, v in args.sweep])] or [{}]
+    sweeps = ([("method", args.method)] if len(args.method) > 1 else []) + list(args.sweep)
+    sweep_keys = [k for k, _ in sweeps]
+    combos = [dict(zip(sweep_keys, values)) for values in itertools.product(*[v for _, v in sweeps])] or [{}]
     backbone, store, summary = None, None, []
     for combo in combos:
         settings = dict(base, **combo)
@@ -294,12 +312,17 @@ def _run_eval(args: argparse.Namespace) -> int:
                 backbone, max_size=settings["max_size"] or None, knn_lambda=settings["knn_lambda"],
                 n_eigenvectors=settings["n_eigenvectors"], knn_kernel=settings["knn_kernel"], store=store,
                 batch_size=args.batch_size, workers=args.workers, eigen_backend=args.eigen_backend,
+                method=settings["method"], use="boxes" if task == "localization" else "masks",
             )  # fmt: skip
             if task == "localization":
                 result = evaluate_localization(dataset, engine, verbose=verbose, figure_rows=args.figure_rows)
             else:
-                result = evaluate_segmentation(dataset, engine, crf=args.crf, verbose=verbose,
+                # the paper's recipe: the CRF as asked; another recipe: its own refinement unless --no-crf
+                crf = args.crf if settings["method"] == defaults.METHOD or not args.crf else None
+                result = evaluate_segmentation(dataset, engine, crf=crf, verbose=verbose,
                                                figure_rows=args.figure_rows)  # fmt: skip
+        except ValueError as error:  # settings that do not go together (e.g. a recipe and a backend)
+            return _error(str(error))
         except (*FATAL_ERRORS, UsageError) as error:
             return _error(str(error))
         except KeyboardInterrupt:
@@ -314,7 +337,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(
             f"\n{heading}: {len(result.per_image)} images, {len(result.errors)} failed, "
             f"{result.seconds / max(len(result.per_image) + len(result.errors), 1):.2f} s per image "
-            f"({settings['backbone']}, knn_lambda={settings['knn_lambda']:g})"
+            + (f"({settings['backbone']}, knn_lambda={settings['knn_lambda']:g})" if settings["method"] == defaults.METHOD
+               else f"({settings['backbone']}, {settings['method']})")
         )
         _print_scope(result)
         _print_table(["metric", "ours", "paper", "source"], _summary_rows(result, paper))
@@ -391,8 +415,12 @@ def _run_semseg(args: argparse.Namespace) -> int:
 
 
 def _paper_for(task: str, dataset: str, settings: dict) -> PaperNumber | None:
-    """The paper's number for a localization / segmentation run's settings."""
+    """The paper's number for a localization / segmentation run's settings (None for
+    another recipe than the paper's)."""
     from ..paper import paper_number
+
+    if settings.get("method", defaults.METHOD) != defaults.METHOD:
+        return None
 
     return paper_number(
         task, dataset, backbone=settings.get("backbone", ""), knn_lambda=settings.get("knn_lambda"),
@@ -489,31 +517,32 @@ def _setting_name(combo: dict) -> str:
 
 
 def _print_sweep(task: str, summary: list, out: Path | None) -> None:
-    """Print the Table 7-style table of a sweep and write ``OUT/sweep.json``."""
+    """Print one table of a sweep (one row a setting: every metric, ms per image, the
+    paper's number where it has one) and write ``OUT/sweep.json``."""
     from ..files import atomic_write_json
 
     metric = "corloc" if task == "localization" else "miou"
-    percent = task == "localization"
     keys = list(summary[0][0])
-    print(f"\nSweep ({metric}, Table 7 style):")
-    header = keys + ["ours", "paper", "source"]
-    rows = []
+    names = list(summary[0][1].metrics)
+    print(f"\nComparison, Table 7 style ({', '.join(names)}; the paper's {metric} where it has one):")
+    header = keys + names + ["ms per image", "paper", "source"]
+    rows, records = [], []
     for combo, result, paper in summary:
         theirs = paper.value if paper is not None and paper.metric == metric else None
+        count = len(result.per_image) + len(result.errors)
+        ms = 1000.0 * result.seconds / count if count else float("nan")
         rows.append(
             [f"{combo[k]:g}" if isinstance(combo[k], float) else str(combo[k]) for k in keys]
-            + [_fmt(result.metrics.get(metric), percent), _fmt(theirs, percent), paper.table if theirs is not None else ""]
+            + [_fmt(result.metrics.get(name), name == "corloc") for name in names]
+            + [f"{ms:.0f}", _fmt(theirs, metric == "corloc"), paper.table if theirs is not None else ""]
         )
+        records.append(
+            {"settings": combo, **{name: _json_number(result.metrics.get(name)) for name in names},
+             "ms_per_image": _json_number(ms), "paper": None if paper is None else paper.value}
+        )  # fmt: skip
     _print_table(header, rows)
     if out is not None:
-        atomic_write_json(
-            out / SWEEP_FILE,
-            [
-                {"settings": combo, metric: _json_number(result.metrics.get(metric)),
-                 "paper": None if paper is None else paper.value}
-                for combo, result, paper in summary
-            ],
-        )  # fmt: skip
+        atomic_write_json(out / SWEEP_FILE, records)
 
 
 def _json_number(value):
