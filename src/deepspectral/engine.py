@@ -39,7 +39,14 @@ import numpy as np
 from . import defaults
 from .errors import FATAL_ERRORS, PER_IMAGE_ERRORS, describe_error
 from .features import PatchFeatures
-from .files import atomic_write_json, check_writable_folder, file_digest, recording_writes, remove_files
+from .files import (
+    atomic_write_json,
+    check_writable_folder,
+    file_digest,
+    recording_writes,
+    remove_files,
+    remove_stale_temp_files,
+)
 from .geometry import ImageGeometry
 from .recipes import get_recipe
 from .spectral import (
@@ -192,6 +199,7 @@ def run_batch(
 
     if out_dir is not None:
         out_dir = check_writable_folder(out_dir)
+        remove_stale_temp_files(out_dir)
     if total is None and hasattr(items, "__len__"):
         total = len(items)
     summary = RunSummary(skipped=skipped)

@@ -117,8 +117,7 @@ def remove_files(paths) -> None:
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if missing and check that files can be created in it (by creating
-    and removing a temporary file); raise ``OSError`` otherwise. Stale temporary files
-    of killed runs (see :func:`remove_stale_temp_files`) are removed."""
+    and removing a temporary file); raise ``OSError`` otherwise."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not folder.is_dir():
@@ -127,7 +126,6 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
     descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     os.close(descriptor)
     os.unlink(probe)
-    remove_stale_temp_files(folder)
     return folder
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .files import atomic_savez, check_writable_folder
+from .files import atomic_savez, check_writable_folder, remove_stale_temp_files
 from .features import PatchFeatures
 from .spectral import Decomposition
 
@@ -129,6 +129,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = check_writable_folder(root)
+        remove_stale_temp_files(self.root)
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.npz"

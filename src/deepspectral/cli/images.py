@@ -203,15 +203,14 @@ def _run_segment(args, engine, inputs):
     earlier = _records_by_image(args.out / SCORES_FILE)
     finished = finished_outputs(args, "segment", outputs, weights_id=engine.feature_settings()["weights"])
 
-    def skip(item) -> bool:
-        return item.name in earlier and finished(item)
-
+    done = {item.name for item in inputs if item.name in earlier and finished(item)}
     try:
         return engine.process(
-            inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet, skip=skip, collect=collect
-        )
+            inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet,
+            skip=lambda item: item.name in done, collect=collect,
+        )  # fmt: skip
     finally:  # scores of the masks written before an interruption are kept
-        kept = [records.get(item.name) or (earlier[item.name] if skip(item) else None) for item in inputs]
+        kept = [records.get(item.name) or (earlier[item.name] if item.name in done else None) for item in inputs]
         atomic_write_json(args.out / SCORES_FILE, [record for record in kept if record is not None])
 
 

@@ -281,8 +281,9 @@ def add_cluster(parser: argparse.ArgumentParser) -> None:
 def check_weights_and_out(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` when ``--weights`` names no file, or when ``-o/--out`` or
     ``--cache`` cannot be used as a folder to write in (a file, a read-only folder); each
-    option may be absent or None. The folders are created when missing, and temporary
-    files left there by a killed run are removed."""
+    option may be absent or None. The folders are created when missing (the run removes
+    the temporary files a killed run left there: :func:`deepspectral.engine.run_batch`,
+    :class:`deepspectral.store.Store`)."""
     from ..errors import describe_os_error
     from ..files import check_writable_folder
 
