@@ -99,6 +99,7 @@ def test_side_rule_three_corners_reverse_else_the_seed_side():
     split2, seed2, _ = mc.orient(-v)
     np.testing.assert_array_equal(split2, split)
     assert seed2 == seed
+    assert mc._reversed_by_corners(v) and mc._reversed_by_corners(-v)
     # two corners: the seed's side, whatever the sign
     w = np.full((6, 6), -1.0)
     w[:, :2] = 1.0
@@ -108,6 +109,7 @@ def test_side_rule_three_corners_reverse_else_the_seed_side():
         assert seed == 2 * 6 + 3
         np.testing.assert_array_equal(split, w < w.mean())  # the seed's side: 24 patches, 2 corners
         assert oriented.reshape(-1)[seed] > oriented.mean()
+        assert not mc._reversed_by_corners(sign * w)
 
 
 def _scripted(monkeypatch, vectors):

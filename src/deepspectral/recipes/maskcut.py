@@ -119,6 +119,9 @@ class Cut:
         Flat index of the seed patch.
     score : float
         :func:`cut_score`.
+    reversed : bool
+        The corner rule reversed the split (the seed's side held 3 or 4 corners): the case
+        where MaskCut's own choice depends on its solver's sign (module docstring).
     """
 
     mask: np.ndarray
@@ -129,6 +132,7 @@ class Cut:
     vector: np.ndarray
     seed: int
     score: float
+    reversed: bool = False
 
 
 def check_cut_settings(*, n_cuts, tau, eps, min_score, solver) -> None:
@@ -255,6 +259,14 @@ def orient(vector: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     return split, int(np.argmax(values.reshape(-1))), values
 
 
+def _reversed_by_corners(vector: np.ndarray) -> bool:
+    """Whether :func:`orient` reverses the seed's side of ``vector`` (3 or 4 corners)."""
+    values = np.asarray(vector, dtype=np.float64)
+    if values.reshape(-1)[int(np.argmax(np.abs(values)))] < 0:
+        values = -values
+    return count_corners(values > values.mean()) >= CORNERS_TO_REVERSE
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean masks; NaN when both are empty (as TokenCut's ``metric.IoU``:
     0 / 0, which no ``>`` or ``<`` comparison passes)."""
@@ -318,9 +330,10 @@ def maskcut(
         if min_score is not None and score < min_score:
             break
         if vectors.shape[0] < 2:  # a one-patch grid: the patch is the object
-            split, seed, oriented = np.ones(grid, dtype=bool), 0, np.zeros(grid)
+            split, seed, oriented, flipped = np.ones(grid, dtype=bool), 0, np.zeros(grid), False
         else:
             split, seed, oriented = orient(vectors[1].reshape(grid))
+            flipped = _reversed_by_corners(vectors[1].reshape(grid))
         candidate = seed_component(split, seed)
         dropped = None
         if index >= 1:
@@ -343,6 +356,7 @@ def maskcut(
                 vector=oriented.astype(np.float32),
                 seed=seed,
                 score=score,
+                reversed=flipped,
             )
         )
     return cuts
