@@ -194,6 +194,9 @@ def main() -> int:
         return 1
     if args.cutler is None and {"parity", "speed"} - skip:
         parser.error("--cutler: give the CutLER checkout (or --skip parity,speed)")
+    commit = args.cutler / "COMMIT" if args.cutler else None
+    if commit is not None and commit.is_file():
+        print(f"CutLER checkout {args.cutler}: commit {commit.read_text().strip()}")
     print(
         f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
         f"{os.cpu_count()} CPUs; BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}, torch threads {os.environ['OMP_NUM_THREADS']}"
