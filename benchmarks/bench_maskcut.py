@@ -9,8 +9,10 @@ Three tables, random-weight ViTs (timm, seed 0) on both sides, ``--resize 480 --
    harness's shim backbone) and their script's CRF / resize / ``create_annotation_info``
    steps, against ``discover`` on the same photo; instances matched by the Hungarian rule on
    mask IoU; a photo agrees when the counts are equal and every one of theirs is matched with
-   IoU ≥ 0.9. CRF off and on. "reversed" marks photos with a cut where MaskCut's side is
-   decided by its solver's sign (see ``deepspectral.recipes.maskcut``).
+   IoU ≥ 0.9. CRF off and on. "reversed cut" marks photos with a cut where MaskCut's side
+   is decided by its solver's sign (see ``deepspectral.recipes.maskcut``); the last column
+   reruns their code on those photos with its eigenvectors signed as ours (the harness's
+   ``signed()``), which leaves the recipe and removes LAPACK's coin.
 2. **Eigen-step**, all N cuts of one 480 × 480 image, the same features on both sides
    (ViT-S/16: 900 nodes; ViT-B/8: 3,600 nodes): theirs = the dense ``scipy.linalg.eigh(D −
    A, D)`` calls inside ``maskcut_forward`` (and the whole ``maskcut_forward``), ours = the
@@ -89,7 +91,7 @@ def timed_maskcut(features, solver="lanczos"):
 
 
 def parity(args, folder: Path) -> None:
-    from peer_maskcut import load_peer, match_instances, pick_photos
+    from peer_maskcut import load_peer, match_instances, photo_name, pick_photos
 
     from deepspectral.tasks.discover import SquareInput, discover
 
@@ -98,29 +100,49 @@ def parity(args, folder: Path) -> None:
     square = SquareInput(backbone, 480)
     photos = pick_photos(args.data)[: args.photos]
     print("\n### Parity with CutLER's MaskCut (ViT-S/16 random weights, 480 x 480, tau 0.15, N 3)\n")
-    print("| photo | size | theirs / ours (no CRF) | IoU of their instances | agree | theirs / ours (CRF) | IoU of their instances | agree | reversed cut |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    agree = {False: [], True: []}
+    print(
+        "| photo | size | theirs / ours (no CRF) | IoU of their instances | agree | theirs / ours (CRF) | "
+        "IoU of their instances | agree | reversed cut | agree, their sign fixed (no CRF / CRF) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    agree = {(crf, fixed): [] for crf in (False, True) for fixed in (False, True)}
+
+    def compare(theirs, ours) -> tuple[bool, list]:
+        matched = match_instances(theirs.masks, [instance.mask for instance in ours])
+        return len(ours) == len(theirs.masks) and all(v >= 0.9 for v in matched), matched
+
     for path in photos:
         image = load_rgb(path)
         features = square.extract(image)
-        theirs = peer.run(path, crf=(False, True))
+        theirs = peer.signed(False).run(path, crf=(False, True))
         cuts, _, _ = timed_maskcut(features.features)
-        row = [path.name, f"{image.shape[1]}x{image.shape[0]}"]
+        reversed_cut = any(cut.reversed for cut in cuts)
+        # their sign can only matter where one of our cuts met the corner rule's ambiguous case
+        signed = peer.signed(True).run(path, crf=(False, True)) if reversed_cut else theirs
+        peer.signed(False)
+        row = [photo_name(path), f"{image.shape[1]}x{image.shape[0]}"]
+        fixed_cells = []
         for crf in (False, True):
             ours = discover(features, image, max_objects=3, tau=0.15, refine="crf" if crf else "none")
-            matched = match_instances(theirs[crf].masks, [instance.mask for instance in ours])
-            ok = len(ours) == len(theirs[crf].masks) and all(v >= 0.9 for v in matched)
-            agree[crf].append(ok)
+            ok, matched = compare(theirs[crf], ours)
+            agree[crf, False].append(ok)
+            ok_fixed, _ = compare(signed[crf], ours)
+            agree[crf, True].append(ok_fixed)
+            fixed_cells.append("yes" if ok_fixed else "**no**")
             row += [f"{len(theirs[crf].masks)} / {len(ours)}", " ".join(f"{v:.3f}" for v in matched) or "-", "yes" if ok else "**no**"]
-        row.append("yes" if any(cut.reversed for cut in cuts) else "")
+        row += ["yes" if reversed_cut else "", " / ".join(fixed_cells)]
         print("| " + " | ".join(row) + " |", flush=True)
     for crf in (False, True):
-        print(f"\nCRF {'on' if crf else 'off'}: {sum(agree[crf])} / {len(photos)} photos agree ({100 * np.mean(agree[crf]):.0f} %)")
+        for fixed in (False, True):
+            share = agree[crf, fixed]
+            print(
+                f"\nCRF {'on' if crf else 'off'}, {'their sign fixed' if fixed else 'their code as is'}: "
+                f"{sum(share)} / {len(photos)} photos agree ({100 * np.mean(share):.0f} %)"
+            )
 
 
 def speed(args, folder: Path) -> None:
-    from peer_maskcut import load_peer, pick_photos
+    from peer_maskcut import load_peer, photo_name, pick_photos
 
     from deepspectral.tasks.discover import SquareInput
 
@@ -145,7 +167,7 @@ def speed(args, folder: Path) -> None:
                 np.array_equal(np.asarray(b)[::step, ::step] > 0.5, cut.mask) for b, cut in zip(bipartitions, cuts)
             )
             print(
-                f"| {name} | {grid[0] * grid[1]} | {path.name} | {1000 * eigh_seconds:.0f} | {1000 * theirs_total:.0f} | "
+                f"| {name} | {grid[0] * grid[1]} | {photo_name(path)} | {1000 * eigh_seconds:.0f} | {1000 * theirs_total:.0f} | "
                 f"{1000 * eigen_seconds:.0f} | {1000 * ours_total:.0f} | {eigh_seconds / eigen_seconds:.0f}x | "
                 f"{'yes' if same else 'no'}{' (reversed cut)' if any(c.reversed for c in cuts) else ''} |",
                 flush=True,

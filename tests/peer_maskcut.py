@@ -12,7 +12,13 @@ untouched. Shims, at run time only:
   the last block, all heads, CLS dropped, in their ``ViTFeat`` layout ``(1, C, N)`` (the
   forward hook on ``blocks[-1].attn.qkv``, as their ``dino.ViTFeat``): both sides use the
   same weights, and the features differ only by how each side prepares the image;
-- their module's ``eigh`` is wrapped to time it (nothing else changes); ``cpu=True``.
+- their module's ``eigh`` is wrapped to time it (nothing else changes); ``cpu=True``;
+- with ``fix_sign=True`` (:meth:`MaskCutPeer.signed`) the same wrapper also signs each
+  eigenvector so that its largest ``|y|`` is positive, the convention of
+  :func:`deepspectral.recipes.maskcut.orient`. An eigenvector's sign is arbitrary, LAPACK's
+  (``dsygvx``: fixed inside its tridiagonal basis) cannot be predicted from the vector, and
+  MaskCut's corner rule depends on it when the seed's side holds 3 corners: with the sign
+  fixed, what is left of a difference is the recipe, not the solver's coin.
 
 What their script does inline after ``maskcut()`` (its ``__main__`` loop: not importable)
 is done here as it does it, with the same calls: ``densecrf(np.array(I_new), bipartition)``,
@@ -32,10 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PEER_ENV", "MaskCutPeer", "PeerResult", "load_peer", "pick_photos", "match_instances"]
+__all__ = ["PEER_ENV", "MaskCutPeer", "PeerResult", "load_peer", "pick_photos", "photo_name", "match_instances"]
 
 #: Environment variable naming the CutLER checkout for the parity test.
 PEER_ENV = "DEEPSPECTRAL_PEER_CUTLER"
+
+
+def photo_name(path: Path) -> str:
+    """``name.jpg``, or ``sequence/name.jpg`` for DAVIS frames (their names repeat)."""
+    return f"{path.parent.name}/{path.name}" if "davis" in str(path).lower() else path.name
 
 
 def pick_photos(data: Path, n_coco: int = 10, n_sod: int = 6, n_davis: int = 4) -> list[Path]:
@@ -119,16 +130,26 @@ class MaskCutPeer:
                 sys.path.remove(path)
         self.module = module
         self.eigh_seconds = 0.0
+        self.fix_sign = False
         original = module.eigh
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                values, vectors = original(*args, **kwargs)
             finally:
                 self.eigh_seconds += time.perf_counter() - start
+            if self.fix_sign:
+                rows = np.argmax(np.abs(vectors), axis=0)
+                vectors = vectors * np.where(vectors[rows, np.arange(vectors.shape[1])] < 0, -1.0, 1.0)
+            return values, vectors
 
         module.eigh = timed
+
+    def signed(self, fix: bool = True) -> "MaskCutPeer":
+        """Sign their eigenvectors as ours (see the module docstring) from now on (or not)."""
+        self.fix_sign = bool(fix)
+        return self
 
     def forward(self, features_cn, grid, *, tau: float = 0.15, n: int = 3, size: int = 480):
         """Their ``maskcut_forward`` on given ``(C, N)`` features: ``(bipartitions, seconds
