@@ -198,6 +198,62 @@ def folder_run(args, folder: Path) -> None:
         print(f"| {label} | {len(photos)} | {seconds:.0f} | {len(photos) / seconds:.2f} |" + ("" if code == 0 else f" (exit {code})"), flush=True)
 
 
+def compare(checkout, photos: list, *, repeat: int = 1) -> dict:
+    """The figures of ``benchmarks/bench_methods.py`` for MaskCut on ``photos`` (ViT-S/16,
+    480 × 480, τ 0.15, N 3, CRF off): instances matched per photo (their code as is, and
+    with their sign fixed where a cut is sign-dependent), and the eigen-step — their whole
+    ``maskcut_forward`` against our whole :func:`deepspectral.recipes.maskcut.maskcut` on the
+    same features, best of ``repeat`` runs each."""
+    from peer_maskcut import load_peer, match_instances
+
+    from deepspectral.tasks.discover import SquareInput, discover
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone = backbone_for("dino_vits16", Path(tmp))
+    peer = load_peer(checkout, backbone.model)
+    square = SquareInput(backbone, 480)
+    agree, agree_fixed, ious, theirs_ms, ours_ms = [], [], [], [], []
+    for path in photos:
+        image = load_rgb(path)
+        features = square.extract(image)
+        ours = [instance.mask for instance in discover(features, image, max_objects=3, tau=0.15, refine="none")]
+        cuts, _, _ = timed_maskcut(features.features)
+        verdicts = []
+        for fixed in (False, True) if any(cut.reversed for cut in cuts) else (False,):
+            theirs = peer.signed(fixed).run(path, crf=(False,))[False].masks
+            matched = match_instances(theirs, ours)
+            verdicts.append(len(theirs) == len(ours) and all(v >= 0.9 for v in matched))
+            if not fixed:
+                ious.append(min(matched, default=1.0))
+        peer.signed(False)
+        agree.append(verdicts[0])
+        agree_fixed.append(verdicts[-1])
+        grid = features.features.shape[:2]
+        flat = features.features.reshape(-1, features.features.shape[-1]).T
+        best_theirs = best_ours = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            peer.forward(flat, grid)
+            best_theirs = min(best_theirs, time.perf_counter() - start)
+            best_ours = min(best_ours, timed_maskcut(features.features)[2])
+        theirs_ms.append(1000 * best_theirs)
+        ours_ms.append(1000 * best_ours)
+    commit_file = Path(checkout) / "COMMIT"
+    commit = commit_file.read_text().split()[0][:7] if commit_file.is_file() else "unknown commit"
+    return {
+        "code": f"facebookresearch/CutLER @ {commit}",
+        "photos": len(photos),
+        "min_cos": float("nan"),
+        "cos_note": "their code returns masks only",
+        "min_box_iou": float("nan"),
+        "min_mask_iou": min(ious),
+        "note": f"instances agree on {sum(agree)}/{len(photos)} photos as is, "
+        f"{sum(agree_fixed)}/{len(photos)} with their sign fixed",
+        "ours_ms": np.array(ours_ms),
+        "theirs_ms": np.array(theirs_ms),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cutler", type=Path, default=os.environ.get("DEEPSPECTRAL_PEER_CUTLER"), help="CutLER checkout")

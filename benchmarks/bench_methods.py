@@ -11,8 +11,10 @@ ViT-S/16 features (timm, seed 0) and the same photos from ``../shared/data``:
 - ``tokencut``: TokenCut's ``ncut`` and saliency path (YangtaoWANG95/TokenCut), through
   ``bench_tokencut_parity.py`` (|cos| of the second eigenvector where its gap is clear,
   box IoU, saliency mask IoU; eigen-step = their ``ncut`` vs ours, graph to box);
-- ``maskcut``: CutLER's ``maskcut`` (facebookresearch/CutLER), through
-  ``bench_maskcut.py`` when it is present.
+- ``maskcut``: CutLER's ``maskcut`` (facebookresearch/CutLER, with its TokenCut submodule),
+  through ``bench_maskcut.py`` (480 × 480, τ 0.15, N 3, CRF off: instances matched by the
+  Hungarian rule on mask IoU, as is and with their eigenvector sign fixed; eigen-step =
+  their ``maskcut_forward`` vs ``recipes.maskcut.maskcut`` on the same features).
 
 Each side's time is the best of ``--repeat`` runs per photo; the table gives the median
 over the photos and the smallest per-photo speed-up.
@@ -204,23 +206,26 @@ def main() -> int:
     for method, compare in COMPARISONS.items():
         checkout = checkouts[method]
         if checkout is None:
-            rows.append(f"| {method} | not compared (no checkout given) |" + " |" * 7)
+            rows.append(f"| {method} | not compared (no checkout given) |" + " |" * 8)
             continue
         figures = compare(checkout, photos, args.repeat)
         if figures is None:
-            rows.append(f"| {method} | not compared (no benchmark for it) |" + " |" * 7)
+            rows.append(f"| {method} | not compared (no benchmark for it) |" + " |" * 8)
             continue
         ratio = figures["theirs_ms"] / figures["ours_ms"]
+        cos = "—" if np.isnan(figures["min_cos"]) else f"{figures['min_cos']:.4f}"
+        box = "—" if np.isnan(figures["min_box_iou"]) else f"{figures['min_box_iou']:.3f}"
         rows.append(
-            f"| {method} | {figures['code']} | {figures['photos']} | {figures['min_cos']:.4f} ({figures['cos_note']}) | "
-            f"{figures['min_box_iou']:.3f} | {figures['min_mask_iou']:.3f} | {np.median(figures['theirs_ms']):.1f} | "
-            f"{np.median(figures['ours_ms']):.1f} | {np.median(ratio):.1f}× (min {ratio.min():.1f}×) |"
+            f"| {method} | {figures['code']} | {figures['photos']} | {cos} ({figures['cos_note']}) | "
+            f"{box} | {figures['min_mask_iou']:.3f} | {np.median(figures['theirs_ms']):.1f} | "
+            f"{np.median(figures['ours_ms']):.1f} | {np.median(ratio):.1f}× (min {ratio.min():.1f}×) | "
+            f"{figures.get('note', '')} |"
         )
     print(f"targets: |cos| >= {TARGET_COS} where the gap is clear, box IoU >= {TARGET_BOX_IOU}, "
           f"mask IoU >= {TARGET_MASK_IOU}, eigen-step >= 5x faster\n")  # fmt: skip
     print("| recipe | authors' code | photos | min \\|cos\\| (clear gap) | min box IoU | min mask IoU | "
-          "theirs ms (median) | ours ms (median) | speed-up median (min) |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "theirs ms (median) | ours ms (median) | speed-up median (min) | note |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     print("\n".join(rows))
     print(f"load average at the end of the comparison {os.getloadavg()[0]:.1f}\n")
 
