@@ -45,6 +45,8 @@ __all__ = [
     "AUTO_MAX_OBJECTS",
     "AUTO_MIN_SCORE",
     "MASKCUT_RESIZE",
+    "MASKCUT_SIGNS",
+    "MASKCUT_SIGN",
     "DISCOVER_MAX_SIZE",
     "DISCOVER_REFINEMENTS",
     "DISCOVER_REFINE",
@@ -167,6 +169,12 @@ AUTO_MAX_OBJECTS = 10
 #: object's cut scores near 1, the first cut with only background left below 0.1, and every
 #: threshold from 0.1 to 0.9 stops at the same cut; 0.7 sits inside that flat range.
 AUTO_MIN_SCORE = 0.7
+#: How a cut whose side hangs on the eigenvector's sign is decided (MaskCut's corner rule
+#: with 3 or 4 corners on the seed's side; deepspectral.recipes.maskcut, "Sign"): "seed"
+#: (the side without the corners; no extra work) or "lapack" (the side MaskCut's dense
+#: LAPACK solve gives: CutLER's output, one dense solve per such cut).
+MASKCUT_SIGNS = ("seed", "lapack")
+MASKCUT_SIGN = "seed"
 #: MaskCut's fixed square input (``--fixed_size 480``; the aspect ratio is ignored).
 MASKCUT_RESIZE = 480
 #: ``discover``'s longest input side when the aspect ratio is kept (MaskCut's scale).

@@ -122,6 +122,12 @@ def register(commands, formatter) -> None:
         help="cosine above which two patches are linked",
     )
     objects.add_argument("--eps", type=positive_float, default=defaults.TOKENCUT_EPS, help="weight of the other pairs of patches")
+    objects.add_argument(
+        "--sign", choices=defaults.MASKCUT_SIGNS, default=defaults.MASKCUT_SIGN,
+        help="when MaskCut's corner rule hangs on the eigenvector's arbitrary sign (3 corners on the seed's side): "
+        "seed = never take the side with the corners; lapack = the side MaskCut's dense LAPACK solve gives "
+        "(CutLER's output; one dense solve per such cut)",
+    )  # fmt: skip
     outputs = parser.add_argument_group("extra outputs")
     outputs.add_argument("--save-masks", action="store_true", help="also write OUT/<name>.mask<K>.png (0/255) per instance")
     outputs.add_argument("--save-viz", action="store_true", help="also write OUT/<name>.instances.jpg with the instances drawn")
@@ -215,7 +221,7 @@ def _discover(args, engine, inputs):
         item = result.item
         instances = discover(
             result.features, result.image, max_objects=args.max_objects, min_score=args.min_score,
-            tau=args.tau, eps=args.eps, refine=args.refine,
+            tau=args.tau, eps=args.eps, refine=args.refine, sign=args.sign,
         )  # fmt: skip
         masks = []
         if args.save_masks:

@@ -38,9 +38,13 @@ columns. ``solver="dense"`` is MaskCut's dense generalised ``eigh`` (for compari
 
 **Sign.** An eigenvector's sign is arbitrary, and MaskCut's corner rule depends on it when
 the seed's side holds 3 or 4 corners (it takes the other side for one sign, the seed's for
-the other; LAPACK's sign decides). Here the vector is oriented so that the seed's value is
-positive first (:func:`orient`): the side with 3 corners is then never the object, as the
-rule intends.
+the other; LAPACK's sign decides). With ``sign="seed"`` (default) the vector is oriented so
+that the seed's value is positive first (:func:`orient`): the side with 3 corners is then
+never the object, as the rule intends. With ``sign="lapack"`` such a cut (and only such a
+cut: no other depends on the sign) also runs MaskCut's dense ``eigh(D − A, D,
+subset_by_index=[1, 2])`` on the same graph and takes the side its sign gives
+(:func:`lapack_sign_agrees`): CutLER's output on the machine it runs on, at the cost of one
+dense solve per sign-dependent cut.
 
 **Score** of a cut (:func:`cut_score`): ``1 − λ₁`` clipped to [0, 1], the complement of the
 relaxed normalised-cut value of the split being made. Not :func:`deepspectral.recipes.scores.eigengap_score`:
@@ -64,6 +68,8 @@ from .tokencut import check_parameters, seed_component, tokencut_affinity
 __all__ = [
     "NAME",
     "SOLVERS",
+    "SIGNS",
+    "lapack_sign_agrees",
     "CORNERS_TO_REVERSE",
     "OVERLAP_IOU",
     "MIN_AREA_FRACTION",
@@ -83,6 +89,8 @@ __all__ = [
 NAME = "maskcut"
 #: Eigen-steps of :func:`maskcut`: the package's Lanczos, or MaskCut's dense generalised ``eigh``.
 SOLVERS = ("lanczos", "dense")
+#: How the sign-dependent case of the corner rule is decided (module docstring, "Sign").
+SIGNS = defaults.MASKCUT_SIGNS
 #: MaskCut's ``check_num_fg_corners(...) >= 3``: the split is reversed.
 CORNERS_TO_REVERSE = 3
 #: MaskCut's ``metric.IoU(current_mask, pseudo_mask) > 0.5``: the new object is dropped.
@@ -136,7 +144,7 @@ class Cut:
     reversed: bool = False
 
 
-def check_cut_settings(*, n_cuts, tau, eps, min_score, solver) -> None:
+def check_cut_settings(*, n_cuts, tau, eps, min_score, solver, sign=defaults.MASKCUT_SIGN) -> None:
     """Raise ``ValueError`` naming the argument when a setting of :func:`maskcut` is invalid."""
     check_parameters(tau=tau, eps=eps)
     if isinstance(n_cuts, bool) or not isinstance(n_cuts, (int, np.integer)) or n_cuts < 1:
@@ -147,6 +155,8 @@ def check_cut_settings(*, n_cuts, tau, eps, min_score, solver) -> None:
         raise ValueError(f"min_score: expected None or a number in [0, 1], got {min_score!r}")
     if solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    if sign not in SIGNS:
+        raise ValueError(f"sign: expected one of {SIGNS}, got {sign!r}")
 
 
 def take_patches(affinity: np.ndarray, taken: np.ndarray, *, tau: float, eps: float) -> np.ndarray:
@@ -285,6 +295,35 @@ def _reversed_by_corners(vector: np.ndarray) -> bool:
     return count_corners(values > values.mean()) >= CORNERS_TO_REVERSE
 
 
+def lapack_sign_agrees(affinity: np.ndarray, vector: np.ndarray, *, eps: float) -> bool:
+    """Whether the cut's eigenvector as MaskCut's solver signs it points the way of ``vector``.
+
+    MaskCut's solver is ``scipy.linalg.eigh(D − A, D, subset_by_index=[1, 2])`` on its
+    float64 binary graph (1 or ``eps``); ``affinity`` is rebuilt as that graph (its entries
+    are 1 or ``eps``, possibly in float32) before the call.
+
+    Parameters
+    ----------
+    affinity : (n, n) float
+        The cut's graph (:func:`take_patches` applied).
+    vector : (n,) float
+        The cut's eigenvector in some sign.
+    eps : float
+        The graph's weight of the unrelated pairs.
+
+    Returns
+    -------
+    bool
+        ``True`` when LAPACK's vector has a positive dot product with ``vector``.
+    """
+    import scipy.linalg
+
+    graph = np.where(np.asarray(affinity) >= 1.0, 1.0, float(eps))
+    degree = np.diag(graph.sum(axis=1))
+    _, vectors = scipy.linalg.eigh(degree - graph, degree, subset_by_index=[1, 2])
+    return bool(vectors[:, 0] @ np.asarray(vector, dtype=np.float64).reshape(-1) > 0)
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two boolean masks; NaN when both are empty (as TokenCut's ``metric.IoU``:
     0 / 0, which no ``>`` or ``<`` comparison passes)."""
@@ -303,6 +342,7 @@ def maskcut(
     eps: float = defaults.TOKENCUT_EPS,
     min_score: float | None = None,
     solver: str = "lanczos",
+    sign: str = defaults.MASKCUT_SIGN,
 ) -> list[Cut]:
     """MaskCut's repeated normalised cut on one patch grid.
 
@@ -321,6 +361,9 @@ def maskcut(
         ``n_cuts``).
     solver : {"lanczos", "dense"}
         The eigen-step (:func:`cut_eigenpairs`).
+    sign : {"seed", "lapack"}
+        How a cut whose side depends on the eigenvector's sign is decided (module
+        docstring, "Sign").
 
     Returns
     -------
@@ -328,7 +371,7 @@ def maskcut(
         One per cut made, in order (a dropped cut has empty masks). Fewer than ``n_cuts``
         when ``min_score`` stopped it or every patch was taken.
     """
-    check_cut_settings(n_cuts=n_cuts, tau=tau, eps=eps, min_score=min_score, solver=solver)
+    check_cut_settings(n_cuts=n_cuts, tau=tau, eps=eps, min_score=min_score, solver=solver, sign=sign)
     grid_features = np.asarray(features)
     if grid_features.ndim != 3 or min(grid_features.shape) < 1:
         raise ValueError(f"features: expected a non-empty (h, w, C) array, got shape {grid_features.shape}")
@@ -352,6 +395,12 @@ def maskcut(
         else:
             split, seed, oriented = orient(vectors[1].reshape(grid))
             flipped = _reversed_by_corners(vectors[1].reshape(grid))
+            if flipped and sign == "lapack" and lapack_sign_agrees(affinity, oriented, eps=eps):
+                # LAPACK's sign is the opposite of the seed's: MaskCut's corner rule does
+                # not fire and its seed rule keeps the seed's side
+                oriented = -oriented
+                split = oriented > oriented.mean()
+                seed = int(np.argmax(oriented.reshape(-1)))
         candidate = seed_component(split, seed)
         dropped = None
         if index >= 1:

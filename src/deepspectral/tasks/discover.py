@@ -159,6 +159,7 @@ def discover(
     refine: str = defaults.DISCOVER_REFINE,
     crf_params: dict | None = None,
     solver: str = "lanczos",
+    sign: str = defaults.MASKCUT_SIGN,
 ) -> list[Instance]:
     """Instance masks of up to ``max_objects`` objects of one image (MaskCut).
 
@@ -186,6 +187,9 @@ def discover(
         Overrides of ``defaults.MASKCUT_CRF_PARAMS``.
     solver : {"lanczos", "dense"}, default "lanczos"
         The eigen-step (:func:`deepspectral.recipes.maskcut.cut_eigenpairs`).
+    sign : {"seed", "lapack"}, default "seed"
+        How a cut whose side depends on the eigenvector's sign is decided:
+        :mod:`deepspectral.recipes.maskcut`, "Sign" (``"lapack"``: CutLER's output).
 
     Returns
     -------
@@ -197,11 +201,13 @@ def discover(
     n_cuts, stop_below = resolve_max_objects(max_objects, min_score)
     if refine not in defaults.DISCOVER_REFINEMENTS:
         raise ValueError(f"refine: expected one of {defaults.DISCOVER_REFINEMENTS}, got {refine!r}")
-    maskcut_recipe.check_cut_settings(n_cuts=n_cuts, tau=tau, eps=eps, min_score=stop_below, solver=solver)
+    maskcut_recipe.check_cut_settings(n_cuts=n_cuts, tau=tau, eps=eps, min_score=stop_below, solver=solver, sign=sign)
     rgb = as_rgb_array(image)
     if tuple(rgb.shape[:2]) != tuple(features.image_size):
         raise ValueError(f"image: expected the size of the features' image {tuple(features.image_size)}, got {rgb.shape[:2]}")
-    cuts = maskcut_recipe.maskcut(features.features, n_cuts=n_cuts, tau=tau, eps=eps, min_score=stop_below, solver=solver)
+    cuts = maskcut_recipe.maskcut(
+        features.features, n_cuts=n_cuts, tau=tau, eps=eps, min_score=stop_below, solver=solver, sign=sign
+    )
     work_size = tuple(features.input_size)
     work_image = resize_image(rgb, work_size) if refine == "crf" else None
     instances = []
