@@ -6,9 +6,11 @@
     deepspectral eval localization --pred out/boxes.json --dataset voc07 --root DATA
     deepspectral eval segmentation --dataset ecssd --root DATA [--no-crf] [-o OUT]
     deepspectral eval semseg --dataset voc12 --root DATA --run RUN [-o OUT]
+    deepspectral eval discovery --dataset coco-json --images DIR --annotations FILE --pred instances.json [-o OUT]
 
 ``OUT/results.json`` holds the aggregate metrics at its top level (``corloc``; or
-``miou``, ``accuracy``, ``max_fbeta``; fractions in [0, 1]), ``per_image`` scores, the
+``miou``, ``accuracy``, ``max_fbeta``; or ``box_ap`` ... ``corloc_top`` for ``discovery``;
+fractions in [0, 1]), ``per_image`` scores, the
 settings, the paper's number for the same setting and the library version. The metrics are
 over every image of the dataset: an image that failed, or has no prediction with
 ``--pred``, counts as a miss (no box; an empty mask), is listed in ``OUT/errors.json`` and
@@ -129,12 +131,16 @@ def _methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _add_dataset_arguments(parser, datasets) -> None:
+def _add_dataset_arguments(parser, datasets, *, masks: bool = True) -> None:
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset", required=True, choices=datasets, help="which benchmark (or your own data)")
     group.add_argument("--root", type=Path, default=None, metavar="DIR", help="folder holding the dataset")
-    group.add_argument("--images", type=Path, default=None, metavar="DIR", help="image folder (--dataset masks / coco-json)")
-    group.add_argument("--masks", type=Path, default=None, metavar="DIR", help="mask folder (--dataset masks)")
+    group.add_argument("--images", type=Path, default=None, metavar="DIR",
+                       help="image folder (--dataset coco-json" + (" / masks)" if masks else ")"))  # fmt: skip
+    if masks:
+        group.add_argument("--masks", type=Path, default=None, metavar="DIR", help="mask folder (--dataset masks)")
+    else:
+        parser.set_defaults(masks=None)
     group.add_argument("--annotations", type=Path, default=None, metavar="FILE", help="COCO json (--dataset coco-json)")
     group.add_argument(
         "--image-list", type=Path, default=None, metavar="FILE",
@@ -171,7 +177,7 @@ def _add_run_arguments(parser) -> None:
 
 
 def register(commands, formatter) -> None:
-    """Add ``deepspectral eval {localization,segmentation,semseg}``."""
+    """Add ``deepspectral eval {localization,segmentation,semseg,discovery}``."""
     from ..data.datasets import LOCALIZATION_DATASETS, SEGMENTATION_DATASETS
 
     evaluate = commands.add_parser(
@@ -213,6 +219,22 @@ def register(commands, formatter) -> None:
     sem.add_argument("-o", "--out", type=Path, default=None, metavar="OUT")
     sem.add_argument("-q", "--quiet", action="store_true")
     sem.set_defaults(run=_run_semseg)
+
+    disc = tasks.add_parser(
+        "discovery", formatter_class=formatter, help="class-agnostic AP / AR and CorLoc of several objects per image",
+        description="Object discovery (several objects per image, deepspectral discover): class-agnostic box and mask "
+        "AP, AP50, AP75, AR@1/3/10/100 by pycocotools' COCOeval (every category merged into one, crowd regions "
+        "ignored), multi-object CorLoc (share of ground-truth objects hit by a predicted box with IoU >= 0.5) and "
+        "the top box's CorLoc (share of images whose highest-scored box has IoU >= 0.5 with an object). VOC has "
+        "boxes only: no mask metrics. Needs pycocotools (pip install \"deepspectral[coco]\").",
+    )  # fmt: skip
+    _add_dataset_arguments(disc, LOCALIZATION_DATASETS, masks=False)
+    disc.add_argument("--pred", type=Path, default=None, metavar="FILE",
+                      help="score a COCO instances file (deepspectral discover's OUT/instances.json), its images "
+                      "matched to the dataset's by file name")  # fmt: skip
+    disc.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="write OUT/results.json")
+    disc.add_argument("-q", "--quiet", action="store_true", help="no notes on stderr")
+    disc.set_defaults(run=_run_discovery)
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,6 +429,72 @@ def _run_semseg(args: argparse.Namespace) -> int:
         _write_errors(args.out, result)
     _print_failed(result, args.out)
     return 1 if result.errors else 0
+
+
+def _run_discovery(args: argparse.Namespace) -> int:
+    """``eval discovery``: exit status 0, 1 when a dataset image had no usable prediction,
+    2 on bad arguments, an unreadable or non-matching prediction file or no pycocotools."""
+    import json
+
+    from ..discovery_eval import check_pycocotools_available
+    from ..evaluation import score_instance_predictions
+
+    check_weights_and_out(args)
+    try:
+        check_pycocotools_available()
+    except ImportError as error:
+        return _error(str(error))
+    if args.pred is None:
+        return _error(
+            "--pred FILE is required: running the discovery itself needs deepspectral discover, which this "
+            "installation does not have; score its OUT/instances.json with --pred"
+        )
+    if not args.pred.is_file():
+        return _error(f"--pred: no such file: '{args.pred}'")
+    try:
+        dataset = _load(args)
+    except ValueError as error:
+        return _error(str(error))
+    for note in dataset.notes:
+        print(f"{dataset.name}: {note}", file=sys.stderr)
+    try:
+        predictions = json.loads(args.pred.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return _error(f"--pred: cannot read '{args.pred}' as json: {error}")
+    try:
+        result = score_instance_predictions(dataset, predictions, verbose=not args.quiet)
+    except ValueError as error:
+        return _error(f"--pred: '{args.pred}': {error}")
+    print(f"\ndiscovery on {dataset.name}: {len(dataset)} images, {len(result.errors)} without a usable prediction "
+          f"(class-agnostic, {args.pred})")  # fmt: skip
+    _print_scope(result)
+    _print_discovery_table(result)
+    if args.out is not None:
+        from ..files import atomic_write_json
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        settings = {"pred": str(args.pred), "dataset": dataset.name, "limit": args.limit, "seed": args.seed}
+        atomic_write_json(args.out / RESULTS_FILE, result.to_json(settings=settings))
+        _write_errors(args.out, result)
+    _print_failed(result, args.out)
+    return 1 if result.errors else 0
+
+
+def _print_discovery_table(result: EvalResult) -> None:
+    """Box and mask AP / AR side by side (percent; ``n/a`` where there are no masks), then
+    the two CorLocs."""
+    from ..discovery_eval import METRIC_NAMES
+
+    metrics = result.metrics
+    has_masks = any(metrics.get(f"mask_{name}") is not None for name in METRIC_NAMES)
+    label = lambda name: name.upper() if name.startswith("ap") else f"AR@{name[2:]}"  # noqa: E731
+    rows = [
+        [label(name), _fmt(metrics[f"box_{name}"], True), _fmt(metrics[f"mask_{name}"], True) if has_masks else "n/a"]
+        for name in METRIC_NAMES
+    ]
+    rows.append(["CorLoc, objects", _fmt(metrics["corloc_objects"], True), ""])
+    rows.append(["CorLoc, top box", _fmt(metrics["corloc_top"], True), ""])
+    _print_table(["metric", "box", "mask"], rows)
 
 
 # ---------------------------------------------------------------------------------------
