@@ -195,7 +195,8 @@ def validate_instances(pred) -> list[str]:
         The first thing wrong, in one line naming the entry (``annotations[3]: ...``).
     """
     if not isinstance(pred, dict):
-        raise ValueError(f"expected a COCO instances object with 'images' and 'annotations', got a {type(pred).__name__}")
+        hint = " (a bare list of results has no image file names to match the dataset's images by)" if isinstance(pred, list) else ""
+        raise ValueError(f"expected a COCO instances object with 'images' and 'annotations', got a {type(pred).__name__}{hint}")
     for key in ("images", "annotations"):
         if not isinstance(pred.get(key), list):
             raise ValueError(f"not a COCO instances file: no '{key}' list")

@@ -455,8 +455,6 @@ def _run_discovery(args: argparse.Namespace) -> int:
         dataset = _load(args)
     except ValueError as error:
         return _error(str(error))
-    for note in dataset.notes:
-        print(f"{dataset.name}: {note}", file=sys.stderr)
     try:
         predictions = json.loads(args.pred.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -465,6 +463,8 @@ def _run_discovery(args: argparse.Namespace) -> int:
         result = score_instance_predictions(dataset, predictions, verbose=not args.quiet)
     except ValueError as error:
         return _error(f"--pred: '{args.pred}': {error}")
+    for note in dataset.notes:  # after the checks: a refused file is refused in one line
+        print(f"{dataset.name}: {note}", file=sys.stderr)
     print(f"\ndiscovery on {dataset.name}: {len(dataset)} images, {len(result.errors)} without a usable prediction "
           f"(class-agnostic, {args.pred})")  # fmt: skip
     _print_scope(result)
