@@ -484,3 +484,56 @@ def test_cli_on_coco_mini_ground_truth(tmp_path):
     assert results["metrics_over"] == 30
     for key in ("box_ap", "mask_ap", "box_ar100", "mask_ar100", "corloc_objects", "corloc_top"):
         assert results[key] == pytest.approx(1.0), key
+
+
+# ---------------------------------------------------------------------------------------
+# Oracle instance features (tests/oracle.py): what discover should find the instances in
+# ---------------------------------------------------------------------------------------
+
+
+def test_patch_labels_take_the_region_covering_most_of_a_patch():
+    from oracle import patch_labels
+
+    masks = np.zeros((2, 32, 48), bool)
+    masks[0, :16, :16] = True  # patch (0, 0) whole
+    masks[1, 16:, 16:32] = True  # patch (1, 1) whole
+    masks[0, 16:22, 32:48] = True  # patch (1, 2): 6/16 instance 1 ...
+    masks[1, 22:27, 32:48] = True  # ... 5/16 instance 2, 5/16 background: instance 1
+    masks[1, :7, 32:48] = True  # patch (0, 2): 7/16 instance 2, 9/16 background
+    expected = np.array([[1, 0, 0], [0, 2, 1]])
+    np.testing.assert_array_equal(patch_labels(masks, (32, 48), 16), expected)
+    # a 40-pixel-wide image: its right 8 columns are cropped, as the backbone crops
+    assert patch_labels(masks[:, :, :40], (32, 40), 16).shape == (2, 2)
+
+
+def test_oracle_instance_features_give_each_instance_its_direction():
+    from oracle import oracle_instance_features, patch_labels
+
+    masks = np.zeros((3, 64, 64), bool)
+    masks[0, :32, :32] = masks[1, 32:, 32:] = masks[2, :16, 48:] = True
+    clean = oracle_instance_features(masks, noise=0.0, dim=3)  # dim raised to 4 regions
+    features = clean.features.reshape(-1, clean.features.shape[-1])
+    assert clean.features.shape == (4, 4, 4) and clean.input_size == (64, 64) and clean.image_size == (64, 64)
+    labels = patch_labels(masks, (64, 64), 16).ravel()
+    cosine = features @ features.T / np.outer(np.linalg.norm(features, axis=1), np.linalg.norm(features, axis=1))
+    np.testing.assert_allclose(cosine, (labels[:, None] == labels[None, :]).astype(float), atol=1e-6)
+    square = oracle_instance_features(masks, input_size=(480, 480), seed=3)
+    assert square.features.shape == (30, 30, 64) and square.input_size == (480, 480)
+    noisy = oracle_instance_features(masks, seed=3, input_size=(480, 480))
+    np.testing.assert_array_equal(noisy.features, square.features)  # seeded
+
+
+def test_instance_masks_of_coco_mini():
+    from deepspectral.data.datasets import load_dataset
+    from oracle import instance_masks
+
+    root = DATA / "coco-mini"
+    if not (root / "annotations").is_dir():
+        pytest.skip(f"shared data not found: {root}")
+    dataset = load_dataset("coco-json", images=root / "val2017", annotations=root / "annotations" / "instances_val2017.json")
+    sample = next(s for s in dataset if any(a["iscrowd"] for a in s.instances))
+    masks = instance_masks(sample)
+    assert masks.shape == (len(sample.instances), *sample.image_size)
+    assert len(instance_masks(sample, crowd=False)) == len(sample.boxes_xyxy)
+    for ann, mask in zip(sample.instances, masks):  # the rasterised area is the annotated one
+        assert abs(mask.sum() - ann["area"]) <= 0.1 * ann["area"] + 60
