@@ -100,17 +100,27 @@ def _grid_masks(masks: np.ndarray, args) -> np.ndarray:
 
 
 def _discover(image: np.ndarray, features, setting: str, args) -> tuple[np.ndarray, list]:
-    """``deepspectral discover``'s function on given features: ``(K, H, W) bool`` masks and
-    their scores. (Adapter: the one place that knows the discover API.)"""
+    """``deepspectral.discover`` on given features: ``(K, H, W) bool`` masks and their
+    scores. (The one place that knows the discover API.)"""
     try:
         from deepspectral.tasks.discover import discover
     except ImportError as error:
         raise SystemExit(f"deepspectral.tasks.discover is not in this checkout ({error}): merge the maskcut branch")
     max_objects = setting if setting == "auto" else int(setting)
-    result = discover(image, features=features, max_objects=max_objects, tau=args.tau, refine=args.refine,
-                      resize=args.resize or None)  # fmt: skip
-    masks = np.asarray([instance.mask for instance in result], dtype=bool).reshape(-1, *image.shape[:2])
-    return masks, [float(instance.score) for instance in result]
+    found = discover(features, image, max_objects=max_objects, tau=args.tau, refine=args.refine)
+    masks = np.asarray([instance.mask for instance in found], dtype=bool).reshape(-1, *image.shape[:2])
+    return masks, [float(instance.score) for instance in found]
+
+
+def _written_by_discover(dataset, masks_per_image: list, scores_per_image: list) -> dict:
+    """The instances dictionary as ``deepspectral discover`` writes it (its own writer)."""
+    from deepspectral.instances import annotation, coco_instances, image_record
+
+    records = []
+    for sample, masks, scores in zip(dataset, masks_per_image, scores_per_image):
+        found = [annotation(mask, score) for mask, score in zip(masks, scores) if mask.any()]
+        records.append(image_record(sample.image_id + sample.image_path.suffix, sample.image_size, found))
+    return coco_instances(records)
 
 
 def main() -> int:
@@ -167,12 +177,13 @@ def main() -> int:
             found.append(m)
             scores.append(s)
         rows.append((f"discover --max-objects {setting}", found, scores, time.perf_counter() - start))
+        print(f"discover --max-objects {setting}: {rows[-1][3] / len(dataset):.3f} s per image", file=sys.stderr)
 
     header = ["predictions", "per image", "GT per image", "box AP", "AP50", "AR@1", "AR@3", "AR@10", "mask AP50",
               "CorLoc objects", "s / image"]  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, found, scores, seconds in rows:
-        pred = _instances(dataset, found, scores)
+        pred = (_written_by_discover if name.startswith("discover") else _instances)(dataset, found, scores)
         result = discovery_metrics(gt, pred)
         box, mask = result["box"], result["mask"] or {}
         cells = [name, f"{np.mean([len(m) for m in found]):.2f}", f"{n_gt:.2f}"]
