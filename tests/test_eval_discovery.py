@@ -23,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from oracle import shared_data_dir  # noqa: E402
 
 DATA = shared_data_dir()
+#: ``deepspectral discover`` (the maskcut branch): what ``eval discovery`` runs without --pred.
+HAS_DISCOVER = importlib.util.find_spec("deepspectral.tasks.discover") is not None
+needs_discover = pytest.mark.skipif(not HAS_DISCOVER, reason="deepspectral.tasks.discover is not in this checkout")
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,7 +333,8 @@ def coco_folder(tmp_path) -> tuple[Path, Path, dict]:
     entries, annotations = [], []
     layout = {1: [(10, 10, 20, 2), (50, 30, 25, 3)], 2: [(5, 40, 30, 2)], 3: [(60, 5, 15, 3), (20, 20, 40, 0)], 4: []}
     for image_id, objects in layout.items():
-        Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(images / f"p{image_id}.png")
+        pixels = np.random.default_rng(image_id).integers(0, 255, (80, 100, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"p{image_id}.png")
         entries.append({"id": image_id, "file_name": f"p{image_id}.png", "width": 100, "height": 80})
         for x, y, size, category in objects:
             crowd = category == 0
@@ -420,9 +424,10 @@ def test_cli_without_pycocotools_or_pred(coco_folder, tmp_path, capsys, monkeypa
     assert main(_argv(images, annotations, pred)) == 2
     assert 'pip install "deepspectral[coco]"' in capsys.readouterr().err
     monkeypatch.undo()
-    argv = _argv(images, annotations, pred)
-    assert main(argv[: argv.index("--pred")]) == 2
-    assert "--pred FILE is required" in capsys.readouterr().err
+    if not HAS_DISCOVER:
+        argv = _argv(images, annotations, pred)
+        assert main(argv[: argv.index("--pred")]) == 2
+        assert "--pred FILE is required" in capsys.readouterr().err
 
 
 def _fake_voc07(root: Path) -> Path:
@@ -537,3 +542,89 @@ def test_instance_masks_of_coco_mini():
     assert len(instance_masks(sample, crowd=False)) == len(sample.boxes_xyxy)
     for ann, mask in zip(sample.instances, masks):  # the rasterised area is the annotated one
         assert abs(mask.sum() - ann["area"]) <= 0.1 * ann["area"] + 60
+
+
+# ---------------------------------------------------------------------------------------
+# Running the discovery (deepspectral discover) on the dataset's images
+# ---------------------------------------------------------------------------------------
+
+
+def _squares(root: Path) -> Path:
+    """Three 200 x 160 images with 1, 2 and 3 separate squares, a COCO json of them."""
+    (root / "images").mkdir(parents=True)
+    images, annotations = [], []
+    layouts = {1: [(20, 20, 60)], 2: [(10, 10, 50), (100, 60, 40)], 3: [(30, 80, 45), (120, 10, 50), (60, 10, 30)]}
+    for image_id, squares in layouts.items():
+        Image.fromarray(np.zeros((160, 200, 3), np.uint8)).save(root / "images" / f"t{image_id}.png")
+        images.append({"id": image_id, "file_name": f"t{image_id}.png", "width": 200, "height": 160})
+        for x, y, size in squares:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 4, "iscrowd": 0,
+                                "bbox": [x, y, size, size], "area": size * size, "segmentation": _square(x, y, size)})  # fmt: skip
+    (root / "gt.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 4}]}))
+    return root
+
+
+@needs_discover
+def test_evaluate_discovery_finds_oracle_instances(tmp_path):
+    """Oracle features of separate squares (each its own direction): MaskCut finds each
+    square once with three cuts (every object hit, AP50 1), one with one cut."""
+    from deepspectral.data.datasets import load_dataset
+    from deepspectral.evaluation import evaluate_discovery
+    from oracle import instance_masks, oracle_instance_features
+
+    root = _squares(tmp_path)
+    dataset = load_dataset("coco-json", images=root / "images", annotations=root / "gt.json")
+
+    def features(image, sample):
+        return oracle_instance_features(instance_masks(sample), patch_size=8, seed=1)
+
+    three, instances = evaluate_discovery(dataset, features, verbose=False, max_objects=3, refine="none")
+    assert [r["n_predictions"] for r in three.per_image] == [1, 2, 3] == [r["objects_hit"] for r in three.per_image]
+    assert three.metrics["box_ap50"] == pytest.approx(1.0) and three.metrics["mask_ap50"] == pytest.approx(1.0)
+    assert three.metrics["corloc_objects"] == 1.0 and not three.errors
+    assert len(instances["annotations"]) == 6 and [e["file_name"] for e in instances["images"]] == ["t1.png", "t2.png", "t3.png"]
+    one, _ = evaluate_discovery(dataset, features, verbose=False, max_objects=1, refine="none")
+    assert [r["n_predictions"] for r in one.per_image] == [1, 1, 1]
+    assert one.metrics["corloc_objects"] == pytest.approx(3 / 6) and one.metrics["corloc_top"] == 1.0
+    # a broken image fails alone and counts as an image with no detection
+    (root / "images" / "t3.png").write_bytes(b"not a png")
+    broken, instances = evaluate_discovery(dataset, features, verbose=False, max_objects=3, refine="none")
+    assert [e["image"] for e in broken.errors] == ["t3"] and len(instances["images"]) == 2
+    assert broken.metrics["corloc_objects"] == pytest.approx(3 / 6)
+    assert broken.n_counted == 3 and "that failed count as images with no detection" in broken.scope
+    with pytest.raises(ValueError, match="max_objects"):
+        evaluate_discovery(dataset, features, verbose=False, max_objects=0)
+
+
+@needs_discover
+def test_cli_runs_the_discovery_and_scores_its_file(coco_folder, random_weights, tmp_path, capsys):
+    """Without --pred the discovery runs (random-weight ViT); its OUT/instances.json loads
+    with pycocotools and, scored with --pred, gives the same metrics."""
+    from pycocotools.coco import COCO
+
+    images, annotations, _ = coco_folder
+    out = tmp_path / "run"
+    argv = ["eval", "discovery", "--dataset", "coco-json", "--images", str(images), "--annotations", str(annotations),
+            "--weights", str(random_weights), "--device", "cpu", "--refine", "none", "--resize", "64", "-q"]  # fmt: skip
+    assert main([*argv, "-o", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["max_objects"] == 3 and results["settings"]["resize"] == 64
+    assert 0.0 <= results["box_ap"] <= 1.0 and results["metrics_over"] == 3
+    coco = COCO(str(out / "instances.json"))
+    assert len(coco.getImgIds()) == 3
+    again = tmp_path / "again"
+    assert main(_argv(images, annotations, out / "instances.json", "-o", str(again), "-q")) == 0
+    rescored = json.loads((again / "results.json").read_text())
+    for key in ("box_ap", "box_ar10", "mask_ap", "corloc_objects", "corloc_top"):
+        assert rescored[key] == pytest.approx(results[key]), key
+
+
+@needs_discover
+@pytest.mark.parametrize(("option", "value", "message"), [("--tau", "1.5", "--tau"), ("--min-score", "2", "--min-score"),
+                                                           ("--max-objects", "0", "--max-objects")])  # fmt: skip
+def test_cli_discovery_options_are_checked(coco_folder, capsys, option, value, message):
+    images, annotations, _ = coco_folder
+    argv = ["eval", "discovery", "--dataset", "coco-json", "--images", str(images), "--annotations", str(annotations),
+            "--refine", "none", option, value]  # fmt: skip
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -15,7 +15,8 @@ progress bar on stderr.
   ``deepspectral localize`` / ``deepspectral segment`` wrote.
 - :func:`score_instance_predictions`: class-agnostic box / mask AP, AR@N and CorLoc of
   what ``deepspectral discover`` wrote (``instances.json``;
-  :mod:`deepspectral.discovery_eval`).
+  :mod:`deepspectral.discovery_eval`); :func:`evaluate_discovery` runs the discovery
+  (:func:`deepspectral.tasks.discover.discover`) on a dataset's images and scores it so.
 - :func:`evaluate_semseg`: semantic mIoU of ``predict(image) -> labels`` after Hungarian
   matching (or majority vote) of clusters to classes.
 """
@@ -43,6 +44,7 @@ __all__ = [
     "score_box_predictions",
     "score_mask_predictions",
     "score_instance_predictions",
+    "evaluate_discovery",
     "DISCOVERY_METRICS",
     "evaluate_semseg",
     "mask_boxes",
@@ -633,6 +635,76 @@ def score_instance_predictions(dataset, predictions: dict, *, verbose: bool = Tr
         scope += "; no mask metrics (" + ("the dataset has boxes only" if not any(s.instances for s in samples)
                                           else "the predictions have no masks") + ")"
     return EvalResult("discovery", dataset.name, metrics, per_image, errors, time.perf_counter() - start, [], n, scope)
+
+
+def evaluate_discovery(dataset, extract, *, verbose: bool = True, **options) -> tuple[EvalResult, dict]:
+    """Run the object discovery (MaskCut, :func:`deepspectral.tasks.discover.discover`) on
+    every image of a dataset and score it as :func:`score_instance_predictions`.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        A box dataset, as for :func:`score_instance_predictions`.
+    extract : Engine or callable
+        A :class:`deepspectral.engine.Engine` giving features (``decompose=False``,
+        ``keep_features=True``: decoding, features, cache and batching as in ``deepspectral
+        discover``), or ``extract(image, sample) -> PatchFeatures`` for the ``(H, W, 3)
+        uint8`` image of a sample (e.g. oracle features).
+    verbose : bool
+        Progress bar with ETA, failures and notes reported.
+    **options
+        ``max_objects``, ``min_score``, ``tau``, ``eps``, ``refine``, ... of
+        :func:`~deepspectral.tasks.discover.discover` (checked before any image).
+
+    Returns
+    -------
+    result : EvalResult
+        As :func:`score_instance_predictions`: the metrics over every image of the dataset,
+        an image that failed counting as one with no detection (listed in ``errors`` with
+        its error).
+    instances : dict
+        The COCO instances of the images that did not fail, as ``deepspectral discover``
+        writes them (``instances.json``).
+    """
+    from . import defaults
+    from .engine import Engine
+    from .instances import annotation, coco_instances, image_record
+    from .tasks.discover import discover, resolve_max_objects
+
+    # a bad number of objects is refused before any image
+    resolve_max_objects(options.get("max_objects", defaults.MAX_OBJECTS), options.get("min_score"))
+    records, errors = {}, []
+    start = time.perf_counter()
+
+    def one(sample, image: np.ndarray, features) -> None:
+        found = discover(features, image, **options)
+        file_name = sample.image_id + sample.image_path.suffix
+        records[sample.image_id] = image_record(file_name, image.shape[:2], [annotation(i.mask, i.score) for i in found])
+
+    if isinstance(extract, Engine):
+        summary = extract.process(
+            list(dataset), lambda r: one(r.item, r.image, r.features), desc=f"discovery {dataset.name}", verbose=verbose
+        )
+        errors.extend({"image": record["image"], "error": record["error"]} for record in summary.errors)
+    else:
+
+        def run(sample) -> None:
+            image = sample.load_image()
+            one(sample, image, extract(image, sample))
+
+        _loop(dataset, run, desc=f"discovery {dataset.name}", verbose=verbose, errors=errors)
+    instances = coco_instances([records[s.image_id] for s in dataset if s.image_id in records])
+    # scored with the failed images as images without detections (their error kept)
+    scored = dict(instances, images=list(instances["images"]))
+    for index, sample in enumerate((s for s in dataset if s.image_id not in records), start=len(records) + 1):
+        scored["images"].append({"id": index, "file_name": sample.image_id + sample.image_path.suffix})
+    result = score_instance_predictions(dataset, scored, verbose=verbose)
+    result.errors = errors + [e for e in result.errors if e["image"] in records]
+    result.per_image = [r for r in result.per_image if r["image"] in records]
+    result.seconds = time.perf_counter() - start
+    if errors:
+        result.scope += f"; the {len(errors)} that failed count as images with no detection"
+    return result, instances
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
     deepspectral eval localization --pred out/boxes.json --dataset voc07 --root DATA
     deepspectral eval segmentation --dataset ecssd --root DATA [--no-crf] [-o OUT]
     deepspectral eval semseg --dataset voc12 --root DATA --run RUN [-o OUT]
-    deepspectral eval discovery --dataset coco-json --images DIR --annotations FILE --pred instances.json [-o OUT]
+    deepspectral eval discovery --dataset coco-json --images DIR --annotations FILE [--resize 480] [-o OUT]
+    deepspectral eval discovery --dataset coco-json --images DIR --annotations FILE --pred instances.json
 
 ``OUT/results.json`` holds the aggregate metrics at its top level (``corloc``; or
 ``miou``, ``accuracy``, ``max_fbeta``; or ``box_ap`` ... ``corloc_top`` for ``discovery``;
@@ -47,6 +48,7 @@ from .options import (
     non_negative_float,
     non_negative_int,
     number_type,
+    positive_float,
     positive_int,
     require_crf,
     store_from_args,
@@ -176,6 +178,33 @@ def _add_run_arguments(parser) -> None:
     add_engine(parser)  # the cache defaults to OUT/.cache when -o is given, else none
 
 
+def _add_discovery_arguments(parser) -> None:
+    """``deepspectral discover``'s options, for ``eval discovery`` without ``--pred``."""
+    try:
+        from .discover import max_objects_type
+    except ImportError:  # a checkout without deepspectral discover (before the maskcut merge): --pred only
+        return
+
+    add_backbone(parser)
+    parser.set_defaults(max_size=defaults.DISCOVER_MAX_SIZE)
+    objects = parser.add_argument_group("discovery (without --pred; as deepspectral discover)")
+    objects.add_argument("--max-objects", type=max_objects_type, default=defaults.MAX_OBJECTS, metavar="{N,auto}",
+                         help=f"cuts per image; auto: up to {defaults.AUTO_MAX_OBJECTS}, stopping at the first cut "
+                         "whose score is below --min-score")  # fmt: skip
+    objects.add_argument("--min-score", type=non_negative_float, default=None,
+                         help=f"stop below this cut score (default: {defaults.AUTO_MIN_SCORE} with auto, else never)")  # fmt: skip
+    objects.add_argument("--resize", type=positive_int, default=None, metavar="S",
+                         help="resize every image to S x S first (MaskCut: 480); default: keep the aspect ratio, "
+                         "longest side --max-size")  # fmt: skip
+    objects.add_argument("--refine", choices=defaults.DISCOVER_REFINEMENTS, default=defaults.DISCOVER_REFINE,
+                         help="MaskCut's dense CRF on each mask (needs pydensecrf) or none")  # fmt: skip
+    objects.add_argument("--tau", type=number_type(float, -1), default=defaults.MASKCUT_TAU,
+                         help="cosine above which two patches are linked")  # fmt: skip
+    objects.add_argument("--eps", type=positive_float, default=defaults.TOKENCUT_EPS,
+                         help="weight of the other pairs of patches")  # fmt: skip
+    add_engine(parser)  # the cache defaults to OUT/.cache when -o is given, else none
+
+
 def register(commands, formatter) -> None:
     """Add ``deepspectral eval {localization,segmentation,semseg,discovery}``."""
     from ..data.datasets import LOCALIZATION_DATASETS, SEGMENTATION_DATASETS
@@ -231,9 +260,11 @@ def register(commands, formatter) -> None:
     _add_dataset_arguments(disc, LOCALIZATION_DATASETS, masks=False)
     disc.add_argument("--pred", type=Path, default=None, metavar="FILE",
                       help="score a COCO instances file (deepspectral discover's OUT/instances.json), its images "
-                      "matched to the dataset's by file name")  # fmt: skip
-    disc.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="write OUT/results.json")
-    disc.add_argument("-q", "--quiet", action="store_true", help="no notes on stderr")
+                      "matched to the dataset's by file name, instead of running the discovery")  # fmt: skip
+    disc.add_argument("-o", "--out", type=Path, default=None, metavar="OUT",
+                      help="write OUT/results.json (and, when the discovery runs, its OUT/instances.json)")  # fmt: skip
+    disc.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes on stderr")
+    _add_discovery_arguments(disc)
     disc.set_defaults(run=_run_discovery)
 
 
@@ -444,40 +475,103 @@ def _run_discovery(args: argparse.Namespace) -> int:
         check_pycocotools_available()
     except ImportError as error:
         return _error(str(error))
-    if args.pred is None:
-        return _error(
-            "--pred FILE is required: running the discovery itself needs deepspectral discover, which this "
-            "installation does not have; score its OUT/instances.json with --pred"
-        )
-    if not args.pred.is_file():
+    if args.pred is not None and not args.pred.is_file():
         return _error(f"--pred: no such file: '{args.pred}'")
+    if args.pred is None and not hasattr(args, "max_objects"):
+        return _error("--pred FILE is required: this installation has no deepspectral discover to run the discovery with")
+    if args.pred is None:
+        try:
+            _check_discovery_args(args)
+        except UsageError as error:
+            return _error(str(error))
     try:
         dataset = _load(args)
     except ValueError as error:
         return _error(str(error))
-    try:
-        predictions = json.loads(args.pred.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return _error(f"--pred: cannot read '{args.pred}' as json: {error}")
-    try:
-        result = score_instance_predictions(dataset, predictions, verbose=not args.quiet)
-    except ValueError as error:
-        return _error(f"--pred: '{args.pred}': {error}")
-    for note in dataset.notes:  # after the checks: a refused file is refused in one line
-        print(f"{dataset.name}: {note}", file=sys.stderr)
-    print(f"\ndiscovery on {dataset.name}: {len(dataset)} images, {len(result.errors)} without a usable prediction "
-          f"(class-agnostic, {args.pred})")  # fmt: skip
+    instances = None
+    if args.pred is not None:
+        try:
+            predictions = json.loads(args.pred.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return _error(f"--pred: cannot read '{args.pred}' as json: {error}")
+        try:
+            result = score_instance_predictions(dataset, predictions, verbose=not args.quiet)
+        except ValueError as error:
+            return _error(f"--pred: '{args.pred}': {error}")
+        settings = {"pred": str(args.pred)}
+        what = f"{len(result.errors)} without a usable prediction (class-agnostic, {args.pred})"
+    else:
+        for note in dataset.notes:
+            print(f"{dataset.name}: {note}", file=sys.stderr)
+        try:
+            result, instances, settings = _run_discovery_on(args, dataset)
+        except (UsageError, ValueError) as error:
+            return _error(str(error))
+        except KeyboardInterrupt:
+            _error("interrupted (rerun the same command: what was computed is cached)")
+            return EXIT_INTERRUPTED
+        what = (f"{len(result.errors)} failed, {result.seconds / max(len(dataset), 1):.2f} s per image "
+                f"(class-agnostic; {settings['backbone']}, --max-objects {settings['max_objects']})")  # fmt: skip
+    if args.pred is not None:
+        for note in dataset.notes:  # after the checks: a refused file is refused in one line
+            print(f"{dataset.name}: {note}", file=sys.stderr)
+    print(f"\ndiscovery on {dataset.name}: {len(dataset)} images, {what}")
     _print_scope(result)
     _print_discovery_table(result)
     if args.out is not None:
         from ..files import atomic_write_json
 
         args.out.mkdir(parents=True, exist_ok=True)
-        settings = {"pred": str(args.pred), "dataset": dataset.name, "limit": args.limit, "seed": args.seed}
+        settings.update({"dataset": dataset.name, "limit": args.limit, "seed": args.seed})
         atomic_write_json(args.out / RESULTS_FILE, result.to_json(settings=settings))
+        if instances is not None:
+            from .discover import INSTANCES_FILE
+
+            atomic_write_json(args.out / INSTANCES_FILE, instances)
         _write_errors(args.out, result)
     _print_failed(result, args.out)
     return 1 if result.errors else 0
+
+
+def _check_discovery_args(args: argparse.Namespace) -> None:
+    """The discovery's settings, refused in one line (:class:`UsageError`) before any work."""
+    from ..recipes.tokencut import check_parameters
+
+    try:
+        check_parameters(tau=args.tau, eps=args.eps)
+    except ValueError as error:
+        name, _, message = str(error).partition(": ")
+        raise UsageError(f"--{name}: {message}") from None
+    if args.min_score is not None and args.min_score > 1:
+        raise UsageError(f"--min-score: expected a number in [0, 1], got {args.min_score!r}")
+    if args.refine == "crf":
+        require_crf()
+
+
+def _run_discovery_on(args: argparse.Namespace, dataset) -> tuple:
+    """Run ``deepspectral discover``'s pipeline on the dataset's images (the engine as that
+    command builds it: features only, MaskCut's square with ``--resize``) and score it:
+    ``(EvalResult, instances dict, settings)``."""
+    from ..engine import Engine
+    from ..evaluation import evaluate_discovery
+    from ..tasks.discover import SquareInput
+
+    backbone = backbone_from_args(args)
+    store = None
+    if (args.cache is not None or args.out is not None) and not args.no_cache:
+        store = store_from_args(args, backbone, paths=[sample.image_path for sample in dataset], n_eigenvectors=0)
+    engine = Engine(
+        SquareInput(backbone, args.resize) if args.resize else backbone,
+        max_size=None if args.resize else (args.max_size or None), decompose=False, keep_features=True,
+        batch_size=args.batch_size, workers=args.workers, method="tokencut",
+        method_params={"tau": args.tau, "eps": args.eps}, use="masks", store=store,
+    )  # fmt: skip
+    options = {"max_objects": args.max_objects, "min_score": args.min_score, "tau": args.tau, "eps": args.eps,
+               "refine": args.refine}  # fmt: skip
+    result, instances = evaluate_discovery(dataset, engine, verbose=not args.quiet, **options)
+    settings = {"backbone": args.backbone, "block": args.block, "feature": args.feature, "precision": args.precision,
+                "max_size": None if args.resize else args.max_size, "resize": args.resize, **options}  # fmt: skip
+    return result, instances, settings
 
 
 def _print_discovery_table(result: EvalResult) -> None:
