@@ -286,13 +286,19 @@ def test_no_scores_and_empty_predictions():
     assert empty["box"]["ap"] == 0.0 and empty["box"]["ar100"] == 0.0 and empty["corloc_top"] == 0.0
 
 
-def test_a_mask_of_another_size_drops_its_image():
+def test_predictions_for_another_image_size_are_dropped():
     gt = _coco({1: [(0.0, 0.0, 10.0, 10.0)], 2: [(0.0, 0.0, 10.0, 10.0)]})
     pred = _instances({1: [((0.0, 0.0, 10.0, 10.0), 1.0)], 2: [((0.0, 0.0, 10.0, 10.0), 1.0)]})
     pred["annotations"][1]["segmentation"] = _rle(np.ones((40, 50), bool))
     scores = de.discovery_metrics(gt, pred, masks=False)
     assert [r["file_name"] for r in scores["mismatched"]] == ["im2.jpg"] and "50x40" in scores["mismatched"][0]["error"]
     assert scores["box"]["ar100"] == pytest.approx(0.5)
+    # the file says another size for the image: its boxes are in another frame
+    pred = _instances({1: [((0.0, 0.0, 10.0, 10.0), 1.0)], 2: [((0.0, 0.0, 10.0, 10.0), 1.0)]}, masks=False)
+    pred["images"][0].update(width=200, height=160)
+    scores = de.discovery_metrics(gt, pred)
+    assert [r["file_name"] for r in scores["mismatched"]] == ["im1.jpg"] and "200x160" in scores["mismatched"][0]["error"]
+    assert scores["box"]["ar100"] == pytest.approx(0.5) and scores["n_predictions"] == 1
 
 
 @pytest.mark.parametrize(

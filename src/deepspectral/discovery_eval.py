@@ -396,7 +396,8 @@ def discovery_metrics(gt: dict, pred: dict, *, masks: bool | None = None) -> dic
         ``file_name``, ``n_objects``, ``n_predictions``, ``objects_hit``, ``top_iou``);
         ``unmatched`` (file names of the ground-truth images without a prediction entry,
         counted as no detection), ``mismatched`` (``{"file_name", "error"}``: images whose
-        predictions were dropped, their masks of another size than the image), ``extra``
+        predictions were dropped, made for another image size: the file's ``width`` /
+        ``height`` or a mask's size differ from the image's), ``extra``
         (prediction images not in the ground truth), ``notes``.
 
     Raises
@@ -424,13 +425,18 @@ def discovery_metrics(gt: dict, pred: dict, *, masks: bool | None = None) -> dic
 
     gt_images = {image["id"]: image for image in gt["images"]}
     pred_images = {image["id"]: image for image in pred["images"]}
-    for pred_id, gt_id in pred_to_gt.items():  # a size only the predictions know (VOC without <size>)
+    mismatched: dict = {}  # ground-truth image id -> why its predictions are dropped
+    for pred_id, gt_id in pred_to_gt.items():
         image, other = gt_images[gt_id], pred_images[pred_id]
-        if "width" not in image and "width" in other and "height" in other:
+        if "width" not in image and "width" in other and "height" in other:  # a size only the predictions know
             image["width"], image["height"] = other["width"], other["height"]
+        elif "width" in image and "width" in other and (image["width"], image.get("height")) != (other["width"], other.get("height")):
+            mismatched[gt_id] = (
+                f"the predictions are for a {other['width']}x{other.get('height')} image, "
+                f"the dataset's is {image['width']}x{image.get('height')}"
+            )
 
     # the predictions, in the ground truth's image ids; masks compressed
-    mismatched: dict = {}
     detections = []
     for ann in pred["annotations"]:
         gt_id = pred_to_gt.get(ann["image_id"])
@@ -463,7 +469,7 @@ def discovery_metrics(gt: dict, pred: dict, *, masks: bool | None = None) -> dic
         detections.append(detection)
     detections = [d for d in detections if d["image_id"] not in mismatched]
     if mismatched:
-        notes.append(f"{len(mismatched)} image(s) whose masks are of another size than the image: no detection counted")
+        notes.append(f"{len(mismatched)} image(s) whose predictions are for another image size: no detection counted")
 
     box_scores = coco_ap_ar(gt, [{k: d[k] for k in ("image_id", "category_id", "score", "bbox")} for d in detections], "bbox")
     gt_have_masks = bool(gt["annotations"]) and all("segmentation" in a for a in gt["annotations"])
