@@ -590,8 +590,9 @@ def score_instance_predictions(dataset, predictions: dict, *, verbose: bool = Tr
         ``None`` when the dataset or the predictions have no masks), over every image of
         the dataset: one without an entry in the file, or whose predictions are for another
         image size (the file's width / height, a mask's size), counts as one with no
-        detection (a miss) and is listed in ``errors``. Per image scored: ``n_objects`` (non-crowd), ``n_predictions``,
-        ``objects_hit`` (by a box with IoU >= 0.5) and ``top_iou`` (of the top-scored box).
+        detection (a miss) and is listed in ``errors``. Per image scored: ``n_objects``
+        (non-crowd), ``n_predictions``, ``objects_hit`` (by a box with IoU >= 0.5) and
+        ``top_iou`` (of the top-scored box).
 
     Raises
     ------
