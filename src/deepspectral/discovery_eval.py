@@ -101,7 +101,7 @@ def class_agnostic(gt: dict) -> dict:
     Returns
     -------
     dict
-        ``images`` as given, ``annotations`` copied with ``category_id = 1`` (``iscrowd``
+        ``images`` copied, ``annotations`` copied with ``category_id = 1`` (``iscrowd``
         kept; ``id`` made unique and non-zero when missing), ``categories = [OBJECT_CATEGORY]``.
     """
     if not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
@@ -112,7 +112,7 @@ def class_agnostic(gt: dict) -> dict:
         ann.setdefault("iscrowd", 0)
         ann["id"] = index + 1  # COCOeval needs unique ids; the file's may repeat or be 0
         annotations.append(ann)
-    return {"images": list(gt["images"]), "annotations": annotations, "categories": [dict(OBJECT_CATEGORY)]}
+    return {"images": [dict(image) for image in gt["images"]], "annotations": annotations, "categories": [dict(OBJECT_CATEGORY)]}
 
 
 def ground_truth_from_dataset(dataset) -> dict:
@@ -407,6 +407,8 @@ def discovery_metrics(gt: dict, pred: dict, *, masks: bool | None = None) -> dic
     """
     from .metrics import CORLOC_THRESHOLD, box_iou, object_corloc
 
+    if masks not in (None, True, False):
+        raise ValueError(f"masks: expected None, True or False, got {masks!r}")
     notes = validate_instances(pred)
     gt = class_agnostic(gt)
     if gt["images"] and pred["images"]:
