@@ -584,7 +584,10 @@ def test_evaluate_discovery_finds_oracle_instances(tmp_path):
     def features(image, sample):
         return oracle_instance_features(instance_masks(sample), patch_size=8, seed=1)
 
-    three, instances = evaluate_discovery(dataset, features, verbose=False, max_objects=3, refine="none")
+    three, instances = evaluate_discovery(dataset, features, verbose=False, max_objects=3, refine="none", figure_rows=2)
+    assert len(three.figure_rows) == 2 and all(panel.shape == (160, 200, 3) for panel in three.figure_rows[1])
+    # the second image's two squares are drawn in two colours, their boxes green (hits)
+    assert three.figure_rows[1][1][35, 35].tolist() != three.figure_rows[1][1][80, 120].tolist()
     assert [r["n_predictions"] for r in three.per_image] == [1, 2, 3] == [r["objects_hit"] for r in three.per_image]
     assert three.metrics["box_ap50"] == pytest.approx(1.0) and three.metrics["mask_ap50"] == pytest.approx(1.0)
     assert three.metrics["corloc_objects"] == 1.0 and not three.errors
@@ -612,7 +615,8 @@ def test_cli_runs_the_discovery_and_scores_its_file(coco_folder, random_weights,
     out = tmp_path / "run"
     argv = ["eval", "discovery", "--dataset", "coco-json", "--images", str(images), "--annotations", str(annotations),
             "--weights", str(random_weights), "--device", "cpu", "--refine", "none", "--resize", "64", "-q"]  # fmt: skip
-    assert main([*argv, "-o", str(out)]) == 0
+    assert main([*argv, "-o", str(out), "--figure-rows", "2"]) == 0
+    assert Image.open(out / "figure.png").size[1] > 2 * 80  # two rows of pictures
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["max_objects"] == 3 and results["settings"]["resize"] == 64
     assert 0.0 <= results["box_ap"] <= 1.0 and results["metrics_over"] == 3

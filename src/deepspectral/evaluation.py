@@ -638,7 +638,32 @@ def score_instance_predictions(dataset, predictions: dict, *, verbose: bool = Tr
     return EvalResult("discovery", dataset.name, metrics, per_image, errors, time.perf_counter() - start, [], n, scope)
 
 
-def evaluate_discovery(dataset, extract, *, verbose: bool = True, **options) -> tuple[EvalResult, dict]:
+#: Colours of the discovered instances in the picture rows, in turn.
+_INSTANCE_COLOURS = ((255, 64, 64), (64, 160, 255), (80, 220, 80), (255, 200, 40), (200, 80, 255), (40, 220, 220))
+
+
+def _discovery_row(image: np.ndarray, found: list, gt_boxes: np.ndarray) -> list[np.ndarray]:
+    """Picture row of one image: the ground-truth boxes (blue), then the discovered
+    instances (each mask in its colour, its box green when it hits an object with IoU >=
+    0.5, red when not)."""
+    from .metrics import CORLOC_THRESHOLD, box_iou
+    from .viz import draw_box, overlay_mask
+
+    truth = image
+    for box in np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4):
+        truth = draw_box(truth, box, (40, 90, 255))
+    canvas = image
+    for index, instance in enumerate(found):
+        canvas = overlay_mask(canvas, instance.mask, _INSTANCE_COLOURS[index % len(_INSTANCE_COLOURS)], alpha=0.45)
+    for instance in found:
+        hit = len(gt_boxes) > 0 and float(box_iou(instance.box, gt_boxes).max()) >= CORLOC_THRESHOLD
+        canvas = draw_box(canvas, instance.box, (0, 200, 0) if hit else (230, 0, 0))
+    return [truth, canvas]
+
+
+def evaluate_discovery(
+    dataset, extract, *, verbose: bool = True, figure_rows: int = FIGURE_ROWS, **options
+) -> tuple[EvalResult, dict]:
     """Run the object discovery (MaskCut, :func:`deepspectral.tasks.discover.discover`) on
     every image of a dataset and score it as :func:`score_instance_predictions`.
 
@@ -653,6 +678,8 @@ def evaluate_discovery(dataset, extract, *, verbose: bool = True, **options) -> 
         uint8`` image of a sample (e.g. oracle features).
     verbose : bool
         Progress bar with ETA, failures and notes reported.
+    figure_rows : int
+        Picture rows kept (the first images): the ground-truth boxes, the instances.
     **options
         ``max_objects``, ``min_score``, ``tau``, ``eps``, ``refine``, ... of
         :func:`~deepspectral.tasks.discover.discover` (checked before any image).
@@ -674,13 +701,16 @@ def evaluate_discovery(dataset, extract, *, verbose: bool = True, **options) -> 
 
     # a bad number of objects is refused before any image
     resolve_max_objects(options.get("max_objects", defaults.MAX_OBJECTS), options.get("min_score"))
-    records, errors = {}, []
+    _check_figure_rows(figure_rows)
+    records, errors, rows = {}, [], []
     start = time.perf_counter()
 
     def one(sample, image: np.ndarray, features) -> None:
         found = discover(features, image, **options)
         file_name = sample.image_id + sample.image_path.suffix
         records[sample.image_id] = image_record(file_name, image.shape[:2], [annotation(i.mask, i.score) for i in found])
+        if len(rows) < figure_rows:
+            rows.append(_discovery_row(image, found, _gt_boxes(sample)))
 
     if isinstance(extract, Engine):
         summary = extract.process(
@@ -703,6 +733,7 @@ def evaluate_discovery(dataset, extract, *, verbose: bool = True, **options) -> 
     result.errors = errors + [e for e in result.errors if e["image"] in records]
     result.per_image = [r for r in result.per_image if r["image"] in records]
     result.seconds = time.perf_counter() - start
+    result.figure_rows = rows
     if errors:
         result.scope += f"; the {len(errors)} that failed count as images with no detection"
     return result, instances

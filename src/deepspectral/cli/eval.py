@@ -202,6 +202,8 @@ def _add_discovery_arguments(parser) -> None:
                          help="cosine above which two patches are linked")  # fmt: skip
     objects.add_argument("--eps", type=positive_float, default=defaults.TOKENCUT_EPS,
                          help="weight of the other pairs of patches")  # fmt: skip
+    objects.add_argument("--figure-rows", type=non_negative_int, default=FIGURE_ROWS,
+                         help="images shown in OUT/figure.png: ground-truth boxes, discovered instances (0: none)")  # fmt: skip
     add_engine(parser)  # the cache defaults to OUT/.cache when -o is given, else none
 
 
@@ -525,9 +527,13 @@ def _run_discovery(args: argparse.Namespace) -> int:
         settings.update({"dataset": dataset.name, "limit": args.limit, "seed": args.seed})
         atomic_write_json(args.out / RESULTS_FILE, result.to_json(settings=settings))
         if instances is not None:
+            from ..files import save_png_atomic
+            from ..viz import picture_grid
             from .discover import INSTANCES_FILE
 
             atomic_write_json(args.out / INSTANCES_FILE, instances)
+            if result.figure_rows:
+                save_png_atomic(args.out / FIGURE_FILE, picture_grid(result.figure_rows))
         _write_errors(args.out, result)
     _print_failed(result, args.out)
     return 1 if result.errors else 0
@@ -568,7 +574,7 @@ def _run_discovery_on(args: argparse.Namespace, dataset) -> tuple:
     )  # fmt: skip
     options = {"max_objects": args.max_objects, "min_score": args.min_score, "tau": args.tau, "eps": args.eps,
                "refine": args.refine}  # fmt: skip
-    result, instances = evaluate_discovery(dataset, engine, verbose=not args.quiet, **options)
+    result, instances = evaluate_discovery(dataset, engine, verbose=not args.quiet, figure_rows=args.figure_rows, **options)
     settings = {"backbone": args.backbone, "block": args.block, "feature": args.feature, "precision": args.precision,
                 "max_size": None if args.resize else args.max_size, "resize": args.resize, **options}  # fmt: skip
     return result, instances, settings
