@@ -216,7 +216,10 @@ def test_ground_truth_as_predictions_scores_one():
     gt_dict = _coco(gt)
     for ann in gt_dict["annotations"]:
         ann["segmentation"] = _rle(_box_mask(ann["bbox"]))
-    scores = de.discovery_metrics(gt_dict, _instances({i: [(b, 1.0) for b in boxes] for i, boxes in gt.items()}))
+    pred = _instances({i: [(b, 1.0) for b in boxes] for i, boxes in gt.items()})
+    before = json.dumps([gt_dict, pred])
+    scores = de.discovery_metrics(gt_dict, pred)
+    assert json.dumps([gt_dict, pred]) == before  # the caller's dictionaries are left as they were
     for kind in ("box", "mask"):
         assert scores[kind]["ap"] == pytest.approx(1.0) and scores[kind]["ar100"] == pytest.approx(1.0)
     assert scores["corloc_objects"] == 1.0

@@ -38,7 +38,6 @@ pycocotools is optional (``pip install "deepspectral[coco]"``); it is imported w
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 from pathlib import PurePosixPath
@@ -345,11 +344,12 @@ def coco_ap_ar(gt: dict, detections: list, iou_type: str, *, max_dets: tuple[int
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        # COCOeval sets keys of the annotation dicts (ignore, segmentation as RLE): shallow copies suffice
         coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.dataset = dict(gt, annotations=[dict(ann) for ann in gt["annotations"]])
         coco_gt.createIndex()
         if detections:
-            coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
+            coco_dt = coco_gt.loadRes([dict(det) for det in detections])
         else:  # loadRes cannot take an empty list; no detection: every object missed
             coco_dt = COCO()
             coco_dt.dataset = {"images": list(gt["images"]), "categories": list(gt["categories"]), "annotations": []}
