@@ -13,7 +13,9 @@ capped by the images holding more than N objects) and ``patch grid`` (each insta
 the oracle's patch grid draws it, upsampled: what is lost to the grid alone).
 
 The table: mean instances per image against the ground-truth count, box AP, AP50, AR@1,
-AR@3, AR@10, mask AP50, multi-object CorLoc, seconds per image. ``--max-gt-objects K``
+AR@3, AR@10, mask AP50, multi-object CorLoc, seconds per image; a second table gives the
+mean instances per image by the images' ground-truth count (1, 2-3, 4-7, 8 or more), to see
+whether ``auto`` gives a photo with one object one mask and a crowded one more. ``--max-gt-objects K``
 keeps the images with at most K non-crowd objects (``3``: where AR@3 can reach 1);
 ``--ignore-smaller A`` makes the objects of fewer than A pixels ignore regions (as COCO's
 crowd regions: neither to be found nor false positives when found; ``1024`` = COCO's
@@ -179,6 +181,9 @@ def main() -> int:
         rows.append((f"discover --max-objects {setting}", found, scores, time.perf_counter() - start))
         print(f"discover --max-objects {setting}: {rows[-1][3] / len(dataset):.3f} s per image", file=sys.stderr)
 
+    counts = np.asarray([_counted(s, args.ignore_smaller) for s in dataset])
+    buckets = [("1", counts == 1), ("2-3", (counts >= 2) & (counts <= 3)), ("4-7", (counts >= 4) & (counts <= 7)),
+               ("8+", counts >= 8)]  # fmt: skip
     header = ["predictions", "per image", "GT per image", "box AP", "AP50", "AR@1", "AR@3", "AR@10", "mask AP50",
               "CorLoc objects", "s / image"]  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -196,6 +201,14 @@ def main() -> int:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "instances.json").write_text(json.dumps(pred))
             (folder / "scores.json").write_text(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=1))
+
+    print("\nInstances per image by the number of ground-truth objects of the image (images in brackets):\n")
+    print("| predictions | " + " | ".join(f"{name} ({int(chosen.sum())})" for name, chosen in buckets) + " |")
+    print("|---|" + "---|" * len(buckets))
+    for name, found, _, _ in rows[1:]:
+        found_counts = np.asarray([len(m) for m in found])
+        cells = [f"{found_counts[chosen].mean():.2f}" if chosen.any() else "-" for _, chosen in buckets]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
 
