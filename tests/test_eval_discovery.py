@@ -23,9 +23,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from oracle import shared_data_dir  # noqa: E402
 
 DATA = shared_data_dir()
-#: ``deepspectral discover`` (the maskcut branch): what ``eval discovery`` runs without --pred.
-HAS_DISCOVER = importlib.util.find_spec("deepspectral.tasks.discover") is not None
-needs_discover = pytest.mark.skipif(not HAS_DISCOVER, reason="deepspectral.tasks.discover is not in this checkout")
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,7 +421,7 @@ def test_cli_bad_prediction_files(coco_folder, tmp_path, capsys, content, messag
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_without_pycocotools_or_pred(coco_folder, tmp_path, capsys, monkeypatch):
+def test_cli_without_pycocotools(coco_folder, tmp_path, capsys, monkeypatch):
     images, annotations, gt = coco_folder
     pred = tmp_path / "instances.json"
     pred.write_text(json.dumps(_perfect(gt)))
@@ -433,10 +430,6 @@ def test_cli_without_pycocotools_or_pred(coco_folder, tmp_path, capsys, monkeypa
     assert main(_argv(images, annotations, pred)) == 2
     assert 'pip install "deepspectral[coco]"' in capsys.readouterr().err
     monkeypatch.undo()
-    if not HAS_DISCOVER:
-        argv = _argv(images, annotations, pred)
-        assert main(argv[: argv.index("--pred")]) == 2
-        assert "--pred FILE is required" in capsys.readouterr().err
 
 
 def _fake_voc07(root: Path) -> Path:
@@ -573,7 +566,6 @@ def _squares(root: Path) -> Path:
     return root
 
 
-@needs_discover
 def test_evaluate_discovery_finds_oracle_instances(tmp_path):
     """Oracle features of separate squares (each its own direction): MaskCut finds each
     square once with three cuts (every object hit, AP50 1), one with one cut."""
@@ -608,7 +600,6 @@ def test_evaluate_discovery_finds_oracle_instances(tmp_path):
         evaluate_discovery(dataset, features, verbose=False, max_objects=0)
 
 
-@needs_discover
 def test_cli_runs_the_discovery_and_scores_its_file(coco_folder, random_weights, tmp_path, capsys):
     """Without --pred the discovery runs (random-weight ViT); its OUT/instances.json loads
     with pycocotools and, scored with --pred, gives the same metrics."""
@@ -632,7 +623,6 @@ def test_cli_runs_the_discovery_and_scores_its_file(coco_folder, random_weights,
         assert rescored[key] == pytest.approx(results[key]), key
 
 
-@needs_discover
 @pytest.mark.parametrize(("option", "value", "message"), [("--tau", "1.5", "--tau"), ("--min-score", "2", "--min-score"),
                                                            ("--max-objects", "0", "--max-objects")])  # fmt: skip
 def test_cli_discovery_options_are_checked(coco_folder, capsys, option, value, message):

@@ -180,10 +180,7 @@ def _add_run_arguments(parser) -> None:
 
 def _add_discovery_arguments(parser) -> None:
     """``deepspectral discover``'s options, for ``eval discovery`` without ``--pred``."""
-    try:
-        from .discover import max_objects_type
-    except ImportError:  # a checkout without deepspectral discover (before the maskcut merge): --pred only
-        return
+    from .discover import max_objects_type
 
     add_backbone(parser)
     parser.set_defaults(max_size=defaults.DISCOVER_MAX_SIZE)
@@ -479,8 +476,6 @@ def _run_discovery(args: argparse.Namespace) -> int:
         return _error(str(error))
     if args.pred is not None and not args.pred.is_file():
         return _error(f"--pred: no such file: '{args.pred}'")
-    if args.pred is None and not hasattr(args, "max_objects"):
-        return _error("--pred FILE is required: this installation has no deepspectral discover to run the discovery with")
     if args.pred is None:
         try:
             _check_discovery_args(args)
