@@ -205,7 +205,7 @@ def main() -> int:
     print("\nInstances per image by the number of ground-truth objects of the image (images in brackets):\n")
     print("| predictions | " + " | ".join(f"{name} ({int(chosen.sum())})" for name, chosen in buckets) + " |")
     print("|---|" + "---|" * len(buckets))
-    for name, found, _, _ in rows[1:]:
+    for name, found, _, _ in rows[2:]:  # the discover rows (the references count every instance)
         found_counts = np.asarray([len(m) for m in found])
         cells = [f"{found_counts[chosen].mean():.2f}" if chosen.any() else "-" for _, chosen in buckets]
         print(f"| {name} | " + " | ".join(cells) + " |")
