@@ -7,6 +7,11 @@ the mask is resized to ``input_size_for(mask.shape, max_size)``, cropped by drop
 bottom rows / right columns to a multiple of ``patch_size`` and split into
 ``(H // P, W // P)`` patches. Everything downstream of the backbone (affinity, spectral
 decomposition, localization, segmentation) should then recover the object.
+
+``oracle_instance_features(masks)`` does the same for several objects (object discovery,
+#14): each instance its own direction, the background another, all orthonormal; a patch
+takes the direction of the region (an instance or the background) that covers most of it.
+``instance_masks(sample)`` gives the instance masks of a COCO sample.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 from deepspectral.geometry import input_size_for
 from deepspectral.features import PatchFeatures
 
-__all__ = ["oracle_features", "resize_mask", "shared_data_dir", "iou"]
+__all__ = ["oracle_features", "oracle_instance_features", "instance_masks", "patch_labels", "resize_mask",
+           "shared_data_dir", "iou"]
 
 
 def shared_data_dir() -> Path:
@@ -109,5 +115,103 @@ def oracle_features(
         patch_size=int(patch_size),
         image_size=image_size,
         input_size=tuple(int(v) for v in input_size),
+        backbone="oracle",
+    )
+
+
+def instance_masks(sample, *, crowd: bool = True) -> np.ndarray:
+    """The instance masks of a COCO sample (``coco-json`` / ``coco20k``), ``(K, H, W) bool``
+    in the order of its annotations; crowd regions too unless ``crowd=False`` (a backbone
+    sees a crowd as well; the evaluation neither asks for it nor penalises finding it)."""
+    from deepspectral.data.datasets import polygons_to_mask
+
+    if sample.image_size is None:
+        raise ValueError(f"{sample.image_id}: the sample has no image size")
+    chosen = [a for a in sample.instances if crowd or not a.get("iscrowd", 0)]
+    masks = [polygons_to_mask(a.get("segmentation", []), sample.image_size) for a in chosen]
+    return np.asarray(masks, dtype=bool).reshape(len(masks), *sample.image_size)
+
+
+def patch_labels(masks: np.ndarray, input_size: tuple[int, int], patch_size: int) -> np.ndarray:
+    """Which region covers most of each patch: ``(H_in // P, W_in // P) int`` with 0 the
+    background and k the k-th mask (1-based).
+
+    The masks are resized to ``input_size`` (area-weighted, kept fractional), cropped by
+    dropping the bottom rows / right columns to a multiple of ``patch_size`` as the real
+    backbone does, and each patch goes to the region with the largest share of it (the
+    background's share is what no mask covers); ties go to the lower label.
+    """
+    from PIL import Image
+
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks: expected shape (K, H, W), got {masks.shape}")
+    grid_h, grid_w = int(input_size[0]) // patch_size, int(input_size[1]) // patch_size
+    if grid_h < 1 or grid_w < 1:
+        raise ValueError(f"input_size: {input_size} is smaller than one {patch_size}-pixel patch")
+    shares = np.zeros((len(masks) + 1, grid_h, grid_w))
+    for k, mask in enumerate(masks, start=1):
+        resized = np.asarray(
+            Image.fromarray(mask.astype(np.float32)).resize((int(input_size[1]), int(input_size[0])), Image.Resampling.BILINEAR)
+        )
+        crop = resized[: grid_h * patch_size, : grid_w * patch_size]
+        shares[k] = crop.reshape(grid_h, patch_size, grid_w, patch_size).mean(axis=(1, 3))
+    shares[0] = np.clip(1.0 - shares[1:].sum(axis=0), 0.0, None)
+    return shares.argmax(axis=0)
+
+
+def oracle_instance_features(
+    masks: np.ndarray,
+    *,
+    patch_size: int = 16,
+    dim: int = 64,
+    noise: float = 0.3,
+    seed: int = 0,
+    max_size: int | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> PatchFeatures:
+    """Patch features made from ground-truth instance masks: what a perfect backbone would
+    give for object discovery.
+
+    Parameters
+    ----------
+    masks : (K, H, W) bool
+        Instance masks at the resolution of the original image (K may be 0).
+    patch_size : int, default 16
+    dim : int, default 64
+        Feature dimension; raised to ``K + 1`` when there are more regions.
+    noise : float, default 0.3
+        Norm of the added Gaussian noise relative to the unit directions (each component
+        gets ``noise / sqrt(dim)``), as :func:`oracle_features`.
+    seed : int, default 0
+        Seeds the directions and the noise.
+    max_size : int, optional
+        The longest side is first brought down to ``max_size`` (as the real backbone).
+    input_size : (H_in, W_in), optional
+        The size the image is resized to instead (e.g. MaskCut's fixed 480 x 480, which
+        ignores the aspect ratio); overrides ``max_size``.
+
+    Returns
+    -------
+    PatchFeatures
+        ``features`` ``(H_in // P, W_in // P, dim) float32``: patch ``(i, j)`` is the unit
+        direction of :func:`patch_labels`'s region plus noise; the K + 1 directions are
+        orthonormal (cosine 0 between different regions, 1 within one, before the noise).
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks: expected shape (K, H, W), got {masks.shape}")
+    image_size = (int(masks.shape[1]), int(masks.shape[2]))
+    size = tuple(int(v) for v in input_size) if input_size is not None else input_size_for(image_size, max_size)
+    labels = patch_labels(masks, size, patch_size)
+    dim = max(int(dim), len(masks) + 1)
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.standard_normal((dim, len(masks) + 1)))[0].T  # (K + 1, dim), orthonormal rows
+    features = directions[labels] + rng.standard_normal((*labels.shape, dim)) * (noise / np.sqrt(dim))
+    return PatchFeatures(
+        features=features.astype(np.float32),
+        patch_size=int(patch_size),
+        image_size=image_size,
+        input_size=size,
         backbone="oracle",
     )

@@ -13,6 +13,10 @@ progress bar on stderr.
   score CorLoc / mIoU, pixel accuracy, max F_β.
 - :func:`score_box_predictions`, :func:`score_mask_predictions`: score what
   ``deepspectral localize`` / ``deepspectral segment`` wrote.
+- :func:`score_instance_predictions`: class-agnostic box / mask AP, AR@N and CorLoc of
+  what ``deepspectral discover`` wrote (``instances.json``;
+  :mod:`deepspectral.discovery_eval`); :func:`evaluate_discovery` runs the discovery
+  (:func:`deepspectral.tasks.discover.discover`) on a dataset's images and scores it so.
 - :func:`evaluate_semseg`: semantic mIoU of ``predict(image) -> labels`` after Hungarian
   matching (or majority vote) of clusters to classes.
 """
@@ -39,6 +43,9 @@ __all__ = [
     "evaluate_segmentation",
     "score_box_predictions",
     "score_mask_predictions",
+    "score_instance_predictions",
+    "evaluate_discovery",
+    "DISCOVERY_METRICS",
     "evaluate_semseg",
     "mask_boxes",
 ]
@@ -66,13 +73,14 @@ class EvalResult:
 
     Attributes
     ----------
-    task : {"localization", "segmentation", "semantic"}
+    task : {"localization", "segmentation", "semantic", "discovery"}
     dataset : str
         The dataset's name.
     metrics : dict
         ``{"corloc": ...}``, ``{"miou": ..., "accuracy": ..., "max_fbeta": ...}`` or
-        ``{"miou": ..., "accuracy": ...}`` (semantic); fractions in [0, 1], NaN when no
-        image was scored.
+        ``{"miou": ..., "accuracy": ...}`` (semantic), :data:`DISCOVERY_METRICS`
+        (discovery: ``None`` for the mask metrics of a dataset without masks); fractions
+        in [0, 1], NaN when no image was scored.
     per_image : list of dict
         One record per scored image, ``{"image": id, ...scores}``.
     errors : list of dict
@@ -546,6 +554,189 @@ def score_mask_predictions(dataset, pred_dir, *, verbose: bool = True) -> EvalRe
     _loop(dataset, one, desc=f"score {dataset.name}", verbose=verbose, errors=errors)
     return _segmentation_result(dataset, per_image, curves, errors, "without a usable prediction",
                                 time.perf_counter() - start)
+
+
+def _discovery_metric_names() -> tuple[str, ...]:
+    from .discovery_eval import METRIC_NAMES
+
+    return tuple(f"{kind}_{name}" for kind in ("box", "mask") for name in METRIC_NAMES) + ("corloc_objects", "corloc_top")
+
+
+#: The metrics of an object-discovery evaluation, in order: ``box_ap``, ``box_ap50``,
+#: ``box_ap75``, ``box_ar1``, ``box_ar3``, ``box_ar10``, ``box_ar100``, the same with
+#: ``mask_``, ``corloc_objects`` and ``corloc_top`` (:mod:`deepspectral.discovery_eval`).
+DISCOVERY_METRICS = _discovery_metric_names()
+
+
+def score_instance_predictions(dataset, predictions: dict, *, verbose: bool = True) -> EvalResult:
+    """Class-agnostic AP / AR of boxes and masks, and CorLoc, of a COCO instances file.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        A box dataset (``coco-json`` and ``coco20k``: every instance with its mask, crowd
+        regions ignored; VOC: boxes only, no mask metrics).
+    predictions : dict
+        ``deepspectral discover``'s ``instances.json`` (COCO ``images``, ``annotations``
+        with ``bbox``, RLE ``segmentation`` and ``score``), its images matched to the
+        dataset's by file name (:func:`deepspectral.discovery_eval.match_images`).
+    verbose : bool
+        Print the notes (no scores, images left out) on stderr.
+
+    Returns
+    -------
+    EvalResult
+        Task ``discovery``; ``metrics`` = :data:`DISCOVERY_METRICS` (the ``mask_`` ones
+        ``None`` when the dataset or the predictions have no masks), over every image of
+        the dataset: one without an entry in the file, or whose predictions are for another
+        image size (the file's width / height, a mask's size), counts as one with no
+        detection (a miss) and is listed in ``errors``. Per image scored: ``n_objects``
+        (non-crowd), ``n_predictions``, ``objects_hit`` (by a box with IoU >= 0.5) and
+        ``top_iou`` (of the top-scored box).
+
+    Raises
+    ------
+    ValueError
+        The file is malformed or none of its images is in the dataset (one line).
+    ImportError
+        pycocotools is not installed (the message names the pip extra).
+    """
+    import sys
+
+    from .discovery_eval import discovery_metrics, ground_truth_from_dataset
+
+    start = time.perf_counter()
+    samples = list(dataset)
+    gt = ground_truth_from_dataset(dataset)
+    scores = discovery_metrics(gt, predictions)
+    ids = {image["file_name"]: sample.image_id for image, sample in zip(gt["images"], samples)}
+    found = {f"{kind}_{name}": value for kind in ("box", "mask") for name, value in (scores[kind] or {}).items()}
+    found.update({"corloc_objects": scores["corloc_objects"], "corloc_top": scores["corloc_top"]})
+    metrics = {name: found.get(name) for name in DISCOVERY_METRICS}  # mask_*: None when there are no masks
+    errors = [{"image": ids[name], "error": "no entry in the prediction file's images"} for name in scores["unmatched"]]
+    errors += [{"image": ids[record["file_name"]], "error": record["error"]} for record in scores["mismatched"]]
+    failed = {record["image"] for record in errors}
+    per_image = [
+        {"image": ids[record["file_name"]], **{k: v for k, v in record.items() if k != "file_name"}}
+        for record in scores["per_image"]
+        if ids[record["file_name"]] not in failed
+    ]  # the images scored; the failed ones count in the metrics as images with no detection
+    notes = list(scores["notes"])
+    if scores["extra"]:
+        notes.append(f"{scores['extra']} image(s) of the prediction file are not in the dataset: left out")
+    if verbose:
+        for note in notes:
+            print(f"--pred: {note}", file=sys.stderr)
+    n = scores["n_images"]
+    scope = f"AP, AR and CorLoc over all {n} images ({scores['n_objects']} objects"
+    scope += f"; {scores['n_crowd']} crowd regions neither to find nor false positives)" if scores["n_crowd"] else ")"
+    if errors:
+        scope += f": the {len(errors)} without a usable prediction count as images with no detection"
+    if scores["mask"] is None:
+        scope += "; no mask metrics (" + ("the dataset has boxes only" if not any(s.instances for s in samples)
+                                          else "the predictions have no masks") + ")"
+    return EvalResult("discovery", dataset.name, metrics, per_image, errors, time.perf_counter() - start, [], n, scope)
+
+
+#: Colours of the discovered instances in the picture rows, in turn.
+_INSTANCE_COLOURS = ((255, 64, 64), (64, 160, 255), (80, 220, 80), (255, 200, 40), (200, 80, 255), (40, 220, 220))
+
+
+def _discovery_row(image: np.ndarray, found: list, gt_boxes: np.ndarray) -> list[np.ndarray]:
+    """Picture row of one image: the ground-truth boxes (blue), then the discovered
+    instances (each mask in its colour, its box green when it hits an object with IoU >=
+    0.5, red when not)."""
+    from .metrics import CORLOC_THRESHOLD, box_iou
+    from .viz import draw_box, overlay_mask
+
+    truth = image
+    for box in np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4):
+        truth = draw_box(truth, box, (40, 90, 255))
+    canvas = image
+    for index, instance in enumerate(found):
+        canvas = overlay_mask(canvas, instance.mask, _INSTANCE_COLOURS[index % len(_INSTANCE_COLOURS)], alpha=0.45)
+    for instance in found:
+        hit = len(gt_boxes) > 0 and float(box_iou(instance.box, gt_boxes).max()) >= CORLOC_THRESHOLD
+        canvas = draw_box(canvas, instance.box, (0, 200, 0) if hit else (230, 0, 0))
+    return [truth, canvas]
+
+
+def evaluate_discovery(
+    dataset, extract, *, verbose: bool = True, figure_rows: int = FIGURE_ROWS, **options
+) -> tuple[EvalResult, dict]:
+    """Run the object discovery (MaskCut, :func:`deepspectral.tasks.discover.discover`) on
+    every image of a dataset and score it as :func:`score_instance_predictions`.
+
+    Parameters
+    ----------
+    dataset : deepspectral.data.datasets.Dataset
+        A box dataset, as for :func:`score_instance_predictions`.
+    extract : Engine or callable
+        A :class:`deepspectral.engine.Engine` giving features (``decompose=False``,
+        ``keep_features=True``: decoding, features, cache and batching as in ``deepspectral
+        discover``), or ``extract(image, sample) -> PatchFeatures`` for the ``(H, W, 3)
+        uint8`` image of a sample (e.g. oracle features).
+    verbose : bool
+        Progress bar with ETA, failures and notes reported.
+    figure_rows : int
+        Picture rows kept (the first images): the ground-truth boxes, the instances.
+    **options
+        ``max_objects``, ``min_score``, ``tau``, ``eps``, ``refine``, ... of
+        :func:`~deepspectral.tasks.discover.discover` (checked before any image).
+
+    Returns
+    -------
+    result : EvalResult
+        As :func:`score_instance_predictions`: the metrics over every image of the dataset,
+        an image that failed counting as one with no detection (listed in ``errors`` with
+        its error).
+    instances : dict
+        The COCO instances of the images that did not fail, as ``deepspectral discover``
+        writes them (``instances.json``).
+    """
+    from . import defaults
+    from .engine import Engine
+    from .instances import annotation, coco_instances, image_record
+    from .tasks.discover import discover, resolve_max_objects
+
+    # a bad number of objects is refused before any image
+    resolve_max_objects(options.get("max_objects", defaults.MAX_OBJECTS), options.get("min_score"))
+    _check_figure_rows(figure_rows)
+    records, errors, rows = {}, [], []
+    start = time.perf_counter()
+
+    def one(sample, image: np.ndarray, features) -> None:
+        found = discover(features, image, **options)
+        file_name = sample.image_id + sample.image_path.suffix
+        records[sample.image_id] = image_record(file_name, image.shape[:2], [annotation(i.mask, i.score) for i in found])
+        if len(rows) < figure_rows:
+            rows.append(_discovery_row(image, found, _gt_boxes(sample)))
+
+    if isinstance(extract, Engine):
+        summary = extract.process(
+            list(dataset), lambda r: one(r.item, r.image, r.features), desc=f"discovery {dataset.name}", verbose=verbose
+        )
+        errors.extend({"image": record["image"], "error": record["error"]} for record in summary.errors)
+    else:
+
+        def run(sample) -> None:
+            image = sample.load_image()
+            one(sample, image, extract(image, sample))
+
+        _loop(dataset, run, desc=f"discovery {dataset.name}", verbose=verbose, errors=errors)
+    instances = coco_instances([records[s.image_id] for s in dataset if s.image_id in records])
+    # scored with the failed images as images without detections (their error kept)
+    scored = dict(instances, images=list(instances["images"]))
+    for index, sample in enumerate((s for s in dataset if s.image_id not in records), start=len(records) + 1):
+        scored["images"].append({"id": index, "file_name": sample.image_id + sample.image_path.suffix})
+    result = score_instance_predictions(dataset, scored, verbose=verbose)
+    result.errors = errors + [e for e in result.errors if e["image"] in records]
+    result.per_image = [r for r in result.per_image if r["image"] in records]
+    result.seconds = time.perf_counter() - start
+    result.figure_rows = rows
+    if errors:
+        result.scope += f"; the {len(errors)} that failed count as images with no detection"
+    return result, instances
 
 
 # ---------------------------------------------------------------------------------------

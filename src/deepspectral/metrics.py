@@ -5,6 +5,10 @@ Localization (Table 1)
     covers a ``W x H`` image), :func:`corloc_hit` / :func:`corloc` — an image counts when
     the predicted box has IoU >= 0.5 with *any* ground-truth box, as in the LOST evaluation
     code the paper used.
+Several objects per image (``eval discovery``)
+    :func:`object_corloc` — the share of ground-truth *objects* hit (IoU >= 0.5) by any
+    predicted box of their image (the AP/AR themselves come from pycocotools, see
+    :mod:`deepspectral.discovery_eval`).
 Single-object segmentation (Table 3)
     :func:`mask_iou` (the paper's "mIoU" is the mean over images of the per-image IoU),
     :func:`pixel_accuracy`, :func:`precision_recall_curve` and :func:`max_fbeta`
@@ -31,6 +35,7 @@ __all__ = [
     "box_iou",
     "corloc_hit",
     "corloc",
+    "object_corloc",
     "mask_iou",
     "pixel_accuracy",
     "precision_recall_curve",
@@ -140,6 +145,43 @@ def corloc(pred_boxes, gt_boxes, *, threshold: float = CORLOC_THRESHOLD) -> floa
         return float("nan")
     hits = [corloc_hit(p, g, threshold=threshold) for p, g in zip(pred_boxes, gt_boxes)]
     return float(np.mean(hits))
+
+
+def object_corloc(pred_boxes, gt_boxes, *, threshold: float = CORLOC_THRESHOLD) -> tuple[float, list[int]]:
+    """Multi-object CorLoc: the share of ground-truth objects that some predicted box of
+    their image localizes (IoU >= ``threshold``).
+
+    Every ground-truth box counts once, however many predictions hit it, and a prediction
+    may hit several objects (no one-to-one matching: that is what AP / AR measure).
+
+    Parameters
+    ----------
+    pred_boxes : sequence of (N_i, 4) array_like
+        The predicted ``xyxy`` boxes of each image (N_i may be 0).
+    gt_boxes : sequence of (M_i, 4) array_like
+        The ground-truth ``xyxy`` boxes of each image (M_i may be 0).
+    threshold : float, default 0.5
+
+    Returns
+    -------
+    corloc : float in [0, 1]
+        Objects hit / objects (NaN when there is no ground-truth object).
+    hits : list of int
+        Objects hit in each image.
+    """
+    if len(pred_boxes) != len(gt_boxes):
+        raise ValueError(
+            f"pred_boxes, gt_boxes: expected one entry per image in both, got {len(pred_boxes)} and {len(gt_boxes)}"
+        )
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold: expected a value in [0, 1], got {threshold!r}")
+    hits, total = [], 0
+    for pred, gt in zip(pred_boxes, gt_boxes):
+        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+        pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+        total += len(gt)
+        hits.append(int(np.count_nonzero(box_iou(pred, gt).max(axis=0) >= threshold)) if len(gt) and len(pred) else 0)
+    return (sum(hits) / total if total else float("nan")), hits
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@
     deepspectral eval localization --pred out/boxes.json --dataset voc07 --root DATA
     deepspectral eval segmentation --dataset ecssd --root DATA [--no-crf] [-o OUT]
     deepspectral eval semseg --dataset voc12 --root DATA --run RUN [-o OUT]
+    deepspectral eval discovery --dataset coco-json --images DIR --annotations FILE [--resize 480] [-o OUT]
+    deepspectral eval discovery --dataset coco-json --images DIR --annotations FILE --pred instances.json
 
 ``OUT/results.json`` holds the aggregate metrics at its top level (``corloc``; or
-``miou``, ``accuracy``, ``max_fbeta``; fractions in [0, 1]), ``per_image`` scores, the
+``miou``, ``accuracy``, ``max_fbeta``; or ``box_ap`` ... ``corloc_top`` for ``discovery``;
+fractions in [0, 1]), ``per_image`` scores, the
 settings, the paper's number for the same setting and the library version. The metrics are
 over every image of the dataset: an image that failed, or has no prediction with
 ``--pred``, counts as a miss (no box; an empty mask), is listed in ``OUT/errors.json`` and
@@ -45,6 +48,7 @@ from .options import (
     non_negative_float,
     non_negative_int,
     number_type,
+    positive_float,
     positive_int,
     require_crf,
     store_from_args,
@@ -129,12 +133,16 @@ def _methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _add_dataset_arguments(parser, datasets) -> None:
+def _add_dataset_arguments(parser, datasets, *, masks: bool = True) -> None:
     group = parser.add_argument_group("dataset")
     group.add_argument("--dataset", required=True, choices=datasets, help="which benchmark (or your own data)")
     group.add_argument("--root", type=Path, default=None, metavar="DIR", help="folder holding the dataset")
-    group.add_argument("--images", type=Path, default=None, metavar="DIR", help="image folder (--dataset masks / coco-json)")
-    group.add_argument("--masks", type=Path, default=None, metavar="DIR", help="mask folder (--dataset masks)")
+    group.add_argument("--images", type=Path, default=None, metavar="DIR",
+                       help="image folder (--dataset coco-json" + (" / masks)" if masks else ")"))  # fmt: skip
+    if masks:
+        group.add_argument("--masks", type=Path, default=None, metavar="DIR", help="mask folder (--dataset masks)")
+    else:
+        parser.set_defaults(masks=None)
     group.add_argument("--annotations", type=Path, default=None, metavar="FILE", help="COCO json (--dataset coco-json)")
     group.add_argument(
         "--image-list", type=Path, default=None, metavar="FILE",
@@ -170,8 +178,34 @@ def _add_run_arguments(parser) -> None:
     add_engine(parser)  # the cache defaults to OUT/.cache when -o is given, else none
 
 
+def _add_discovery_arguments(parser) -> None:
+    """``deepspectral discover``'s options, for ``eval discovery`` without ``--pred``."""
+    from .discover import max_objects_type
+
+    add_backbone(parser)
+    parser.set_defaults(max_size=defaults.DISCOVER_MAX_SIZE)
+    objects = parser.add_argument_group("discovery (without --pred; as deepspectral discover)")
+    objects.add_argument("--max-objects", type=max_objects_type, default=defaults.MAX_OBJECTS, metavar="{N,auto}",
+                         help=f"cuts per image; auto: up to {defaults.AUTO_MAX_OBJECTS}, stopping at the first cut "
+                         "whose score is below --min-score")  # fmt: skip
+    objects.add_argument("--min-score", type=non_negative_float, default=None,
+                         help=f"stop below this cut score (default: {defaults.AUTO_MIN_SCORE} with auto, else never)")  # fmt: skip
+    objects.add_argument("--resize", type=positive_int, default=None, metavar="S",
+                         help="resize every image to S x S first (MaskCut: 480); default: keep the aspect ratio, "
+                         "longest side --max-size")  # fmt: skip
+    objects.add_argument("--refine", choices=defaults.DISCOVER_REFINEMENTS, default=defaults.DISCOVER_REFINE,
+                         help="MaskCut's dense CRF on each mask (needs pydensecrf) or none")  # fmt: skip
+    objects.add_argument("--tau", type=number_type(float, -1), default=defaults.MASKCUT_TAU,
+                         help="cosine above which two patches are linked")  # fmt: skip
+    objects.add_argument("--eps", type=positive_float, default=defaults.TOKENCUT_EPS,
+                         help="weight of the other pairs of patches")  # fmt: skip
+    objects.add_argument("--figure-rows", type=non_negative_int, default=FIGURE_ROWS,
+                         help="images shown in OUT/figure.png: ground-truth boxes, discovered instances (0: none)")  # fmt: skip
+    add_engine(parser)  # the cache defaults to OUT/.cache when -o is given, else none
+
+
 def register(commands, formatter) -> None:
-    """Add ``deepspectral eval {localization,segmentation,semseg}``."""
+    """Add ``deepspectral eval {localization,segmentation,semseg,discovery}``."""
     from ..data.datasets import LOCALIZATION_DATASETS, SEGMENTATION_DATASETS
 
     evaluate = commands.add_parser(
@@ -213,6 +247,24 @@ def register(commands, formatter) -> None:
     sem.add_argument("-o", "--out", type=Path, default=None, metavar="OUT")
     sem.add_argument("-q", "--quiet", action="store_true")
     sem.set_defaults(run=_run_semseg)
+
+    disc = tasks.add_parser(
+        "discovery", formatter_class=formatter, help="class-agnostic AP / AR and CorLoc of several objects per image",
+        description="Object discovery (several objects per image, deepspectral discover): class-agnostic box and mask "
+        "AP, AP50, AP75, AR@1/3/10/100 by pycocotools' COCOeval (every category merged into one, crowd regions "
+        "ignored), multi-object CorLoc (share of ground-truth objects hit by a predicted box with IoU >= 0.5) and "
+        "the top box's CorLoc (share of images whose highest-scored box has IoU >= 0.5 with an object). VOC has "
+        "boxes only: no mask metrics. Needs pycocotools (pip install \"deepspectral[coco]\").",
+    )  # fmt: skip
+    _add_dataset_arguments(disc, LOCALIZATION_DATASETS, masks=False)
+    disc.add_argument("--pred", type=Path, default=None, metavar="FILE",
+                      help="score a COCO instances file (deepspectral discover's OUT/instances.json), its images "
+                      "matched to the dataset's by file name, instead of running the discovery")  # fmt: skip
+    disc.add_argument("-o", "--out", type=Path, default=None, metavar="OUT",
+                      help="write OUT/results.json (and, when the discovery runs, its OUT/instances.json)")  # fmt: skip
+    disc.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes on stderr")
+    _add_discovery_arguments(disc)
+    disc.set_defaults(run=_run_discovery)
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,6 +459,137 @@ def _run_semseg(args: argparse.Namespace) -> int:
         _write_errors(args.out, result)
     _print_failed(result, args.out)
     return 1 if result.errors else 0
+
+
+def _run_discovery(args: argparse.Namespace) -> int:
+    """``eval discovery``: exit status 0, 1 when a dataset image had no usable prediction,
+    2 on bad arguments, an unreadable or non-matching prediction file or no pycocotools."""
+    import json
+
+    from ..discovery_eval import check_pycocotools_available
+    from ..evaluation import score_instance_predictions
+
+    check_weights_and_out(args)
+    try:
+        check_pycocotools_available()
+    except ImportError as error:
+        return _error(str(error))
+    if args.pred is not None and not args.pred.is_file():
+        return _error(f"--pred: no such file: '{args.pred}'")
+    if args.pred is None:
+        try:
+            _check_discovery_args(args)
+        except UsageError as error:
+            return _error(str(error))
+    try:
+        dataset = _load(args)
+    except ValueError as error:
+        return _error(str(error))
+    instances = None
+    if args.pred is not None:
+        try:
+            predictions = json.loads(args.pred.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return _error(f"--pred: cannot read '{args.pred}' as json: {error}")
+        try:
+            result = score_instance_predictions(dataset, predictions, verbose=not args.quiet)
+        except ValueError as error:
+            return _error(f"--pred: '{args.pred}': {error}")
+        settings = {"pred": str(args.pred)}
+        what = f"{len(result.errors)} without a usable prediction (class-agnostic, {args.pred})"
+    else:
+        for note in dataset.notes:
+            print(f"{dataset.name}: {note}", file=sys.stderr)
+        try:
+            result, instances, settings = _run_discovery_on(args, dataset)
+        except (UsageError, ValueError) as error:
+            return _error(str(error))
+        except KeyboardInterrupt:
+            _error("interrupted (rerun the same command: what was computed is cached)")
+            return EXIT_INTERRUPTED
+        what = (f"{len(result.errors)} failed, {result.seconds / max(len(dataset), 1):.2f} s per image "
+                f"(class-agnostic; {settings['backbone']}, --max-objects {settings['max_objects']})")  # fmt: skip
+    if args.pred is not None:
+        for note in dataset.notes:  # after the checks: a refused file is refused in one line
+            print(f"{dataset.name}: {note}", file=sys.stderr)
+    print(f"\ndiscovery on {dataset.name}: {len(dataset)} images, {what}")
+    _print_scope(result)
+    _print_discovery_table(result)
+    if args.out is not None:
+        from ..files import atomic_write_json
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        settings.update({"dataset": dataset.name, "limit": args.limit, "seed": args.seed})
+        atomic_write_json(args.out / RESULTS_FILE, result.to_json(settings=settings))
+        if instances is not None:
+            from ..files import save_png_atomic
+            from ..viz import picture_grid
+            from .discover import INSTANCES_FILE
+
+            atomic_write_json(args.out / INSTANCES_FILE, instances)
+            if result.figure_rows:
+                save_png_atomic(args.out / FIGURE_FILE, picture_grid(result.figure_rows))
+        _write_errors(args.out, result)
+    _print_failed(result, args.out)
+    return 1 if result.errors else 0
+
+
+def _check_discovery_args(args: argparse.Namespace) -> None:
+    """The discovery's settings, refused in one line (:class:`UsageError`) before any work."""
+    from ..recipes.tokencut import check_parameters
+
+    try:
+        check_parameters(tau=args.tau, eps=args.eps)
+    except ValueError as error:
+        name, _, message = str(error).partition(": ")
+        raise UsageError(f"--{name}: {message}") from None
+    if args.min_score is not None and args.min_score > 1:
+        raise UsageError(f"--min-score: expected a number in [0, 1], got {args.min_score!r}")
+    if args.refine == "crf":
+        require_crf()
+
+
+def _run_discovery_on(args: argparse.Namespace, dataset) -> tuple:
+    """Run ``deepspectral discover``'s pipeline on the dataset's images (the engine as that
+    command builds it: features only, MaskCut's square with ``--resize``) and score it:
+    ``(EvalResult, instances dict, settings)``."""
+    from ..engine import Engine
+    from ..evaluation import evaluate_discovery
+    from ..tasks.discover import SquareInput
+
+    backbone = backbone_from_args(args)
+    store = None
+    if (args.cache is not None or args.out is not None) and not args.no_cache:
+        store = store_from_args(args, backbone, paths=[sample.image_path for sample in dataset], n_eigenvectors=0)
+    engine = Engine(
+        SquareInput(backbone, args.resize) if args.resize else backbone,
+        max_size=None if args.resize else (args.max_size or None), decompose=False, keep_features=True,
+        batch_size=args.batch_size, workers=args.workers, method="tokencut",
+        method_params={"tau": args.tau, "eps": args.eps}, use="masks", store=store,
+    )  # fmt: skip
+    options = {"max_objects": args.max_objects, "min_score": args.min_score, "tau": args.tau, "eps": args.eps,
+               "refine": args.refine}  # fmt: skip
+    result, instances = evaluate_discovery(dataset, engine, verbose=not args.quiet, figure_rows=args.figure_rows, **options)
+    settings = {"backbone": args.backbone, "block": args.block, "feature": args.feature, "precision": args.precision,
+                "max_size": None if args.resize else args.max_size, "resize": args.resize, **options}  # fmt: skip
+    return result, instances, settings
+
+
+def _print_discovery_table(result: EvalResult) -> None:
+    """Box and mask AP / AR side by side (percent; ``n/a`` where there are no masks), then
+    the two CorLocs."""
+    from ..discovery_eval import METRIC_NAMES
+
+    metrics = result.metrics
+    has_masks = any(metrics.get(f"mask_{name}") is not None for name in METRIC_NAMES)
+    label = lambda name: name.upper() if name.startswith("ap") else f"AR@{name[2:]}"  # noqa: E731
+    rows = [
+        [label(name), _fmt(metrics[f"box_{name}"], True), _fmt(metrics[f"mask_{name}"], True) if has_masks else "n/a"]
+        for name in METRIC_NAMES
+    ]
+    rows.append(["CorLoc, objects", _fmt(metrics["corloc_objects"], True), ""])
+    rows.append(["CorLoc, top box", _fmt(metrics["corloc_top"], True), ""])
+    _print_table(["metric", "box", "mask"], rows)
 
 
 # ---------------------------------------------------------------------------------------
