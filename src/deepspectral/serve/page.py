@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .. import defaults
-from .pictures import DISPLAY_HEIGHT, npz_bytes, on_checkerboard, png_bytes, side_by_side
+from .pictures import DISPLAY_HEIGHT, as_rgb, npz_bytes, on_checkerboard, png_bytes
 from .service import Service
 from .settings import MAX_EIGENVECTORS, MAX_RADIUS, SettingError, resolve
 from .uploads import UploadRejected, check_upload_size, decode_upload
@@ -72,8 +72,9 @@ def run_page_task(
 
     Returns
     -------
-    gallery : list of ((H, W, 3) uint8, caption)
-        Each photo with its result beside it.
+    rows : list of list of (H, W, 3) uint8
+        Per photo: the photo and its result (the eigenvector figure alone: it starts
+        with the photo), for :func:`deepspectral.viz.picture_grid`.
     files : list of str
         The result files written in ``out_dir``.
     details : list of dict
@@ -95,7 +96,7 @@ def run_page_task(
         background_data = Path(background).read_bytes()
         check_upload_size(len(background_data), max_bytes, what="the background photo")
         settings = _without_color(settings)
-    gallery, files, details, taken = [], [], [], set()
+    rows, files, details, taken = [], [], [], set()
     for index, path in enumerate(paths):
         name = _stem(path, index, taken)
         try:
@@ -111,29 +112,29 @@ def run_page_task(
         record = {"photo": name, "task": label, "image_size": [int(image.shape[1]), int(image.shape[0])]}
         if task == "eigs":
             figure = eigenvector_figure(image, found, max_height=FIGURE_MAX_HEIGHT)
-            shown = eigenvector_figure(image, found, max_height=DISPLAY_HEIGHT)
+            row = [eigenvector_figure(image, found, max_height=DISPLAY_HEIGHT)]
             files += [_write(out_dir / f"{name}.npz", npz_bytes(found)), _write(out_dir / f"{name}.eigs.png", png_bytes(figure))]
             record.update(eigenvalues=[round(float(v), 6) for v in found.eigenvalues], settings=settings.record())
         elif task == "localize":
             picture = image if found.box_xyxy is None else draw_box(image, found.box_xyxy)
-            shown = side_by_side(image, picture)
+            row = [image, picture]
             record.update(found.record(), seconds=found.seconds)
             files += [_write_json(out_dir / f"{name}.box.json", {"photo": name, **found.record()}), _write(out_dir / f"{name}.box.png", png_bytes(picture))]
         elif task == "segment":
             overlay = overlay_mask(image, found.mask)
-            shown = side_by_side(image, overlay)
+            row = [image, overlay]
             record.update(score=found.score, empty=not bool(found.mask.any()), settings=found.settings, seconds=found.seconds)
             files += [_write(out_dir / f"{name}.mask.png", png_bytes(found.mask.astype("uint8") * 255)), _write(out_dir / f"{name}.overlay.png", png_bytes(overlay))]
         else:
             picture = found.picture
-            shown = side_by_side(image, on_checkerboard(picture) if picture.ndim == 3 and picture.shape[2] == 4 else picture)
+            row = [image, on_checkerboard(picture) if picture.ndim == 3 and picture.shape[2] == 4 else as_rgb(picture)]
             record.update(settings=found.settings, seconds=found.seconds)
             files.append(_write(out_dir / f"{name}.{_MATTE_SUFFIX[settings.output]}.png", png_bytes(picture)))
-        gallery.append((shown, f"{name}: {label}"))
+        rows.append(row)
         details.append(record)
     if details:
         files.append(_write_json(out_dir / "results.json", details))
-    return gallery, files, details
+    return rows, files, details
 
 
 def _without_color(settings):
@@ -169,6 +170,8 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
     """
     import gradio as gr
 
+    from ..viz import picture_grid
+
     server = service.server_defaults
     work_dir = Path(work_dir) if work_dir is not None else None
     info = service.info()
@@ -197,7 +200,7 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
         out_dir = Path(tempfile.mkdtemp(prefix="results-", dir=work_dir))
         background_path = background if isinstance(background, str) or background is None else getattr(background, "name", None)
         try:
-            gallery, written, details = run_page_task(
+            rows, written, details = run_page_task(
                 service, paths, label, given, out_dir=out_dir, max_bytes=max_upload_bytes, background=background_path
             )
         except SettingError as error:
@@ -205,9 +208,9 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
         for record in details:
             if "error" in record:
                 gr.Warning(f"{record['photo']}: {record['error']}")
-        if not gallery:
+        if not rows:
             raise gr.Error("No photo could be processed: " + "; ".join(f"{r['photo']}: {r['error']}" for r in details))
-        return gallery, written, details
+        return picture_grid(rows, row_height=min(DISPLAY_HEIGHT, min(row[0].shape[0] for row in rows))), written, details
 
     def recipe_visibility(method):
         dsm = method == defaults.METHOD
@@ -246,14 +249,14 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
                     background = gr.File(label="…or a second photo", file_count="single", file_types=["image"])
                 button = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Results", columns=1, format="png", object_fit="contain", height="auto", elem_id="results")
+                results = gr.Image(label="Results: each photo and its result", type="numpy", format="png", interactive=False, elem_id="results")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
                 table = gr.JSON(label="Scores, boxes, timings", elem_id="details")
         method.change(recipe_visibility, inputs=[method], outputs=[knn_lambda, n_eigenvectors, tau, eps])
         button.click(
             run,
             inputs=[photos, task, method, knn_lambda, n_eigenvectors, tau, eps, min_score, refine, radius, color, background],
-            outputs=[gallery, downloads, table],
+            outputs=[results, downloads, table],
             api_name=False,
         )
     return page
@@ -262,11 +265,17 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
 def mount_page(app, service: Service, *, max_upload_bytes: int, examples: list | None = None, work_dir: str | Path | None = None) -> None:
     """Mount :func:`build_page` on ``app`` at ``/``, uploads limited to ``max_upload_bytes``
     a file."""
+    import inspect
+
     import gradio as gr
 
     page = build_page(service, max_upload_bytes=max_upload_bytes, examples=examples, work_dir=work_dir)
-    gr.mount_gradio_app(
-        app, page, path="/", max_file_size=max_upload_bytes, footer_links=[], run_history=False,
-        ssr_mode=False, mcp_server=False, show_error=True,
+    options = dict(
+        max_file_size=max_upload_bytes, show_error=True, ssr_mode=False,
         allowed_paths=[str(Path(p).resolve()) for p in (examples or [])] or None,
+        # off where this Gradio has them: no footer links, no run history kept in the
+        # browser, no MCP server
+        footer_links=[], run_history=False, mcp_server=False,
     )  # fmt: skip
+    accepted = inspect.signature(gr.mount_gradio_app).parameters
+    gr.mount_gradio_app(app, page, path="/", **{name: value for name, value in options.items() if name in accepted})

@@ -1,6 +1,6 @@
 """What the server sends back as files and pictures: PNG and ``.npz`` bytes, RGBA shown on
-a checkerboard, a result beside its photo. The pictures themselves (eigenvector panels,
-boxes, mask overlays) are :mod:`deepspectral.viz`'s."""
+a checkerboard. The pictures themselves (eigenvector panels, boxes, mask overlays, the
+grid of results) are :mod:`deepspectral.viz`'s."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["png_bytes", "npz_bytes", "on_checkerboard", "side_by_side", "fit_height", "CHECKER_SQUARE", "DISPLAY_HEIGHT"]
+__all__ = ["png_bytes", "npz_bytes", "on_checkerboard", "as_rgb", "CHECKER_SQUARE", "DISPLAY_HEIGHT"]
 
 #: Side of a checkerboard square behind transparent pixels (pixels), the usual
 #: image-editor look.
@@ -18,8 +18,6 @@ CHECKER_SQUARE = 16
 _CHECKER_LIGHT, _CHECKER_DARK = 255, 204
 #: Height of the pictures the web page shows (downloads keep the full size).
 DISPLAY_HEIGHT = 480
-_GAP = 8
-_GAP_COLOUR = 255
 
 
 def png_bytes(picture: np.ndarray) -> bytes:
@@ -61,29 +59,11 @@ def on_checkerboard(rgba: np.ndarray, *, square: int = CHECKER_SQUARE) -> np.nda
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def fit_height(picture: np.ndarray, height: int) -> np.ndarray:
-    """``picture`` scaled to ``height`` pixels high (aspect ratio kept); grey becomes RGB."""
-    from ..geometry import resize_image
-
+def as_rgb(picture: np.ndarray) -> np.ndarray:
+    """An ``(H, W)`` grey or ``(H, W, 3)`` ``uint8`` picture as ``(H, W, 3)``."""
     picture = np.asarray(picture, dtype=np.uint8)
     if picture.ndim == 2:
-        picture = np.repeat(picture[:, :, None], 3, axis=2)
-    h, w = picture.shape[:2]
-    if h == height:
-        return picture
-    return resize_image(picture, (int(height), max(1, round(w * height / h))))
-
-
-def side_by_side(*pictures: np.ndarray, height: int | None = DISPLAY_HEIGHT) -> np.ndarray:
-    """Pictures (RGB or grey ``uint8``) in a row at one height (``height``, or the first
-    picture's height when None, never taller than it), separated by white gaps."""
-    if not pictures:
-        raise ValueError("pictures: expected at least one picture")
-    first = np.asarray(pictures[0])
-    target = int(first.shape[0] if height is None else min(height, first.shape[0]))
-    panels = []
-    for index, picture in enumerate(pictures):
-        if index:
-            panels.append(np.full((target, _GAP, 3), _GAP_COLOUR, np.uint8))
-        panels.append(fit_height(picture, target))
-    return np.ascontiguousarray(np.concatenate(panels, axis=1))
+        return np.repeat(picture[:, :, None], 3, axis=2)
+    if picture.ndim != 3 or picture.shape[2] != 3:
+        raise ValueError(f"picture: expected an (H, W) or (H, W, 3) array, got shape {picture.shape}")
+    return picture
