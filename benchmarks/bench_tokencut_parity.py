@@ -69,44 +69,34 @@ def best_of(repeat, fn):
     return min(times), out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokencut", type=Path, required=True, help="TokenCut checkout (YangtaoWANG95/TokenCut)")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--repeat", type=int, default=3, help="timing runs per image (best kept)")
-    parser.add_argument("--photos", type=int, nargs=3, default=(12, 4, 4), metavar=("SOD", "COCO", "DAVIS"))
-    parser.add_argument("--no-bilateral", action="store_true", help="skip the bilateral solver comparison")
-    args = parser.parse_args()
-
+def run(checkout, photos: list[Path], *, repeat: int = 3, bilateral: bool = True) -> list[dict]:
+    """Compare every photo of ``photos`` with TokenCut's code imported from ``checkout``:
+    one row (a dict) per photo, progress on stderr."""
     from PIL import Image
 
     from deepspectral.backbones import Backbone, save_random_weights
     from deepspectral.bilateral import refine_mask
     from deepspectral.recipes import tokencut
     from deepspectral.tasks.segment import segment_object
-    from peer_tokencut import load_peer, pick_photos
+    from peer_tokencut import load_peer
 
-    photos = pick_photos(args.data, *args.photos)
-    if not photos:
-        print(f"no photos under {args.data}", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory() as tmp:
         weights = save_random_weights(Path(tmp) / "vit_s16.pth", "dino_vits16", seed=0)
         backbone = Backbone("dino_vits16", weights=weights, device="cpu")
-    peer = load_peer(args.tokencut, backbone.model)
+    peer = load_peer(checkout, backbone.model)
 
-    rows, fails = [], []
+    rows = []
     for path in photos:
         image = np.asarray(Image.open(path).convert("RGB"))
         # boxes
         feats = backbone.extract(image, max_size=None, fit="pad")
-        ours_s, dec = best_of(args.repeat, lambda: tokencut.decompose(feats))
+        ours_s, dec = best_of(repeat, lambda: tokencut.decompose(feats))
         ours_box = tokencut.box(dec)
-        box_s = best_of(args.repeat, lambda: tokencut.box(dec))[0]
-        graph_s = best_of(args.repeat, lambda: tokencut.tokencut_affinity(feats.features))[0]
+        box_s = best_of(repeat, lambda: tokencut.box(dec))[0]
+        graph_s = best_of(repeat, lambda: tokencut.tokencut_affinity(feats.features))[0]
         theirs = peer.box(path)  # warm-up
         their_times = []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             theirs = peer.box(path)
             their_times.append((theirs.seconds["ncut"], theirs.seconds["eigh"]))
         their_s, their_eigh = min(their_times)
@@ -127,20 +117,23 @@ def main() -> int:
         feats_m = backbone.extract(image, max_size=None, fit="resize")
         dec_m = tokencut.decompose(feats_m)
         ours_mask = segment_object(dec_m, image, refine="none")
-        theirs = peer.saliency_mask(path, bilateral=not args.no_bilateral, result=theirs)
+        theirs = peer.saliency_mask(path, bilateral=bilateral, result=theirs)
         row["mask_cos"] = cosine(dec_m.eigenvectors[1], theirs.mask_vector)
         row["mask_iou"] = mask_iou(ours_mask, theirs.mask)
-        if not args.no_bilateral:
+        if bilateral:
             start = time.perf_counter()
             ours_bs = segment_object(dec_m, image, refine="bilateral")
             row["ours_bs_ms"] = 1000 * (time.perf_counter() - start)
             row["theirs_bs_ms"] = 1000 * theirs.seconds["bilateral"]
             row["bs_iou"] = mask_iou(ours_bs, theirs.solver > 0.5)
             row["solver_only_iou"] = mask_iou(refine_mask(image, theirs.mask) > 0.5, theirs.solver > 0.5)
+        row["ok"] = (
+            row["box_iou"] >= 0.9
+            and row["mask_iou"] >= 0.95
+            and (not bilateral or row["bs_iou"] >= 0.9)
+            and not (gap > 0.1 and row["cos"] < 0.99)
+        )
         rows.append(row)
-        ok = row["box_iou"] >= 0.9 and row["mask_iou"] >= 0.95 and (args.no_bilateral or row["bs_iou"] >= 0.9)
-        if not ok or (gap > 0.1 and row["cos"] < 0.99):
-            fails.append(path.name)
         print(
             f"{row['image']:<22} {row['size']:>8} {row['grid']:>6} cos {row['cos']:.4f} gap {gap:.2f} "
             f"box {row['box_iou']:.3f} mask {row['mask_iou']:.3f} "
@@ -149,7 +142,26 @@ def main() -> int:
             file=sys.stderr,
             flush=True,
         )
+    return rows
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokencut", type=Path, required=True, help="TokenCut checkout (YangtaoWANG95/TokenCut)")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--repeat", type=int, default=3, help="timing runs per image (best kept)")
+    parser.add_argument("--photos", type=int, nargs=3, default=(12, 4, 4), metavar=("SOD", "COCO", "DAVIS"))
+    parser.add_argument("--no-bilateral", action="store_true", help="skip the bilateral solver comparison")
+    args = parser.parse_args()
+
+    from peer_tokencut import pick_photos
+
+    photos = pick_photos(args.data, *args.photos)
+    if not photos:
+        print(f"no photos under {args.data}", file=sys.stderr)
+        return 2
+    rows = run(args.tokencut, photos, repeat=args.repeat, bilateral=not args.no_bilateral)
+    fails = [r["image"] for r in rows if not r["ok"]]
     print("\n| image | size | grid | \\|cos\\| | gap 1-λ1/λ2 | box IoU | mask IoU | bilateral IoU | solver-only IoU | ours ms (graph) | theirs ms (eigh) | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -329,6 +329,28 @@ def test_run_batch_errors(tmp_path, capsys):
         run_batch(items, bug, out_dir=tmp_path, desc="test", verbose=False)
 
 
+def test_eigenvector_panel_of_a_padded_grid_keeps_cells_over_their_pixels():
+    """TokenCut's boxes zero-pad the input (40 px -> a 48 px crop, 3 cells of 16 px): the
+    panel cuts the padded strip off instead of squeezing 3 cells into 40 px."""
+    from deepspectral.viz import colormap, eigenvector_figure
+
+    column = np.array([-1.0, 0.0, 1.0], dtype=np.float32)
+    vectors = np.stack([np.ones((3, 3), np.float32), np.tile(column, (3, 1))])
+    decomposition = Decomposition(
+        eigenvalues=np.arange(2, dtype=np.float64),
+        eigenvectors=vectors,
+        image_size=(40, 40),
+        input_size=(40, 40),
+        crop_size=(48, 48),
+        patch_size=16,
+    )
+    assert decomposition.geometry.fit == "pad"
+    panel = eigenvector_figure(np.zeros((40, 40, 3), np.uint8), decomposition)[:, -40:]
+    expected = colormap(np.array([0.0, 0.5, 1.0]))
+    for x, cell in [(0, 0), (15, 0), (16, 1), (31, 1), (32, 2), (39, 2)]:
+        np.testing.assert_array_equal(panel[20, x], expected[cell], err_msg=f"pixel column {x}")
+
+
 def test_viz_shapes():
     from deepspectral.viz import colormap, draw_box, eigenvector_figure, overlay_mask
 

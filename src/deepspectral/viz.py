@@ -69,9 +69,13 @@ def _eigenvector_panel(vector: np.ndarray, decomposition, size: tuple[int, int])
     """One eigenvector (h, w) as a colour picture of ``size`` (the original image's size,
     or that size scaled down); zero is the middle colour and the scale is symmetric (the
     sign carries meaning). The strip the grid does not cover (crop to a multiple of the
-    patch size) is grey."""
+    patch size) is grey; a grid over a zero-padded input (``fit="pad"``) has its padded
+    strip cut off, so each cell stays over the pixels it describes."""
     peak = float(np.max(np.abs(vector))) if vector.size else 0.0
     normalised = 0.5 + 0.5 * vector / peak if peak > 0 else np.full(vector.shape, 0.5)
+    geometry = decomposition.geometry
+    if geometry.fit == "pad":
+        return resize_nearest(geometry.grid_to_input(colormap(normalised)), size)
     # the picture is the original image at another size: the same geometry maps onto it
     shown = ImageGeometry(size, decomposition.input_size, decomposition.patch_size)
     crop_h, crop_w = decomposition.crop_size
