@@ -620,3 +620,16 @@ def test_every_page_task_without_a_browser(random_weights, tmp_path):
         assert "cannot be used" in details[2]["error"] and details[2]["photo"] == "photo_2"
         assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(details))
     service.close()
+
+
+def test_old_result_folders_are_swept(tmp_path):
+    from deepspectral.serve.page import sweep_results
+
+    old, new, other = tmp_path / "results-old", tmp_path / "results-new", tmp_path / "gradio"
+    for folder in (old, new, other):
+        folder.mkdir()
+        (folder / "a.png").write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    assert sweep_results(tmp_path, 3600) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradio", "results-new"]

@@ -22,7 +22,7 @@ from .service import Service
 from .settings import MAX_EIGENVECTORS, MAX_RADIUS, SettingError, resolve
 from .uploads import UploadRejected, check_upload_size, decode_upload
 
-__all__ = ["PAGE_TASKS", "build_page", "mount_page", "run_page_task"]
+__all__ = ["PAGE_TASKS", "build_page", "mount_page", "run_page_task", "sweep_results"]
 
 #: The page's tasks: label → (API task, matte output).
 PAGE_TASKS = {
@@ -40,6 +40,24 @@ CACHE_SWEEP = (600, 3600)
 FIGURE_MAX_HEIGHT = 768
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _MATTE_SUFFIX = {"alpha": "alpha", "cutout": "fg", "composite": "composite"}
+
+
+def sweep_results(work_dir: Path, max_age: float) -> int:
+    """Remove the ``results-*`` folders of earlier runs older than ``max_age`` seconds
+    from ``work_dir`` (Gradio serves copies of the files from its own cache); returns how
+    many went."""
+    import shutil
+    import time
+
+    removed = 0
+    for folder in Path(work_dir).glob("results-*"):
+        try:
+            if time.time() - folder.stat().st_mtime > max_age:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _stem(path: str, index: int, taken: set) -> str:
@@ -197,6 +215,8 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
             if label == "composite" and color:
                 given["color"] = color
         given = {key: "" if value is None else str(value) for key, value in given.items()}
+        if work_dir is not None:
+            sweep_results(work_dir, CACHE_SWEEP[1])
         out_dir = Path(tempfile.mkdtemp(prefix="results-", dir=work_dir))
         background_path = background if isinstance(background, str) or background is None else getattr(background, "name", None)
         try:
@@ -252,7 +272,7 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
                 results = gr.Image(label="Results: each photo and its result", type="numpy", format="png", interactive=False, elem_id="results")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
                 table = gr.JSON(label="Scores, boxes, timings", elem_id="details")
-        method.change(recipe_visibility, inputs=[method], outputs=[knn_lambda, n_eigenvectors, tau, eps])
+        method.change(recipe_visibility, inputs=[method], outputs=[knn_lambda, n_eigenvectors, tau, eps], api_name=False)
         button.click(
             run,
             inputs=[photos, task, method, knn_lambda, n_eigenvectors, tau, eps, min_score, refine, radius, color, background],

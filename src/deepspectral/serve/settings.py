@@ -74,7 +74,6 @@ def _number(kind: type, low: float | None, high: float | None, *, low_open: bool
             raise ValueError(f"expected {noun} in {span}")
         return value
 
-    parse.kind, parse.span = noun, span  # type: ignore[attr-defined]
     return parse
 
 
