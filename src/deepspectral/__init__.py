@@ -15,6 +15,9 @@ The public API (numpy / PIL in, numpy and small dataclasses out)::
     dec = decompose(bb.extract(image, fit="resize"), image, method="tokencut")
     mask = segment_object(dec, image, refine="bilateral")
 
+    # several objects (MaskCut): masks at the original size, each with box, area, score
+    instances = discover(bb.extract(image, fit="resize", max_size=480), image, max_objects=3)
+
 Names are imported lazily so that ``import deepspectral`` (and ``deepspectral --version``)
 does not import torch.
 """
@@ -37,6 +40,8 @@ __all__ = [
     "spectral_score",
     "METHODS",
     "segment_object",
+    "discover",
+    "Instance",
     "bilateral_solve",
     "matte",
     "composite",
@@ -55,6 +60,8 @@ _LAZY = {
     "METHODS": "deepspectral.recipes",
     "bilateral_solve": "deepspectral.bilateral",
     "segment_object": "deepspectral.tasks.segment",
+    "discover": "deepspectral.tasks.discover",
+    "Instance": "deepspectral.tasks.discover",
     "matte": "deepspectral.tasks.matting",
     "composite": "deepspectral.tasks.matting",
     "load_image": "deepspectral.data.images",

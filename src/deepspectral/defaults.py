@@ -40,6 +40,15 @@ __all__ = [
     "BILATERAL_PARAMS",
     "BILATERAL_MAX_SIZE",
     "MIN_SCORE",
+    "MASKCUT_TAU",
+    "MAX_OBJECTS",
+    "AUTO_MAX_OBJECTS",
+    "AUTO_MIN_SCORE",
+    "MASKCUT_RESIZE",
+    "DISCOVER_MAX_SIZE",
+    "DISCOVER_REFINEMENTS",
+    "DISCOVER_REFINE",
+    "MASKCUT_CRF_PARAMS",
 ]
 
 #: Registry name of the default backbone (DINO ViT-S/16).
@@ -142,3 +151,34 @@ BILATERAL_MAX_SIZE = 1024
 #: Score below which localize / segment report "no object" (0: every image gets one,
 #: as before the score existed).
 MIN_SCORE = 0.0
+
+# --- discover (MaskCut, CutLER: facebookresearch/CutLER maskcut/maskcut.py, commit cca0a27) ---
+#: MaskCut's cosine threshold of TokenCut's binary graph (CutLER's README runs
+#: ``maskcut.py --tau 0.15``; the script's own default, 0.2, is TokenCut's).
+MASKCUT_TAU = 0.15
+#: Objects per image (MaskCut's ``--N 3``).
+MAX_OBJECTS = 3
+#: Most cuts of ``--max-objects auto`` (it stops earlier when a cut's score is below
+#: ``--min-score``); a bound on the work, not a tuned value.
+AUTO_MAX_OBJECTS = 10
+#: ``--min-score`` of ``--max-objects auto`` when none is given (the score of a cut is
+#: 1 - λ1 of its graph, see deepspectral.recipes.maskcut; measured in the README's
+#: "Discover several objects").
+AUTO_MIN_SCORE = 0.7
+#: MaskCut's fixed square input (``--fixed_size 480``; the aspect ratio is ignored).
+MASKCUT_RESIZE = 480
+#: ``discover``'s longest input side when the aspect ratio is kept (MaskCut's scale).
+DISCOVER_MAX_SIZE = 480
+#: Refinements of ``discover``: none or MaskCut's dense CRF.
+DISCOVER_REFINEMENTS = ("none", "crf")
+DISCOVER_REFINE = "crf"
+#: MaskCut's dense CRF (``maskcut/crf.py``: MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10,
+#: Bi_XY_STD 50, Bi_RGB_STD 5), in :func:`deepspectral.crf.dense_crf`'s names.
+MASKCUT_CRF_PARAMS = {
+    "bilateral_weight": 10.0,
+    "bilateral_xy_std": 50.0,
+    "bilateral_rgb_std": 5.0,
+    "gaussian_weight": 7.0,
+    "gaussian_xy_std": 3.0,
+    "iterations": 10,
+}

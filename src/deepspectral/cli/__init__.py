@@ -5,6 +5,7 @@
     deepspectral eigs     INPUTS... -o OUT        # OUT/<name>.npz + OUT/<name>.eigs.png
     deepspectral localize INPUTS... -o OUT        # OUT/boxes.json (+ --save-viz pictures)
     deepspectral segment  INPUTS... -o OUT        # OUT/<name>.png masks, 0/255
+    deepspectral discover INPUTS... -o OUT        # OUT/instances.json: several objects (COCO)
     deepspectral matte    INPUTS... -o OUT        # alpha mattes and RGBA cut-outs
     deepspectral semseg   fit / train / predict   # semantic segmentation of a collection
     deepspectral eval     localization / segmentation / semseg   # the paper's metrics
@@ -36,6 +37,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 #: The modules adding the commands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "deepspectral.cli.images",
+    "deepspectral.cli.discover",
     "deepspectral.cli.matte",
     "deepspectral.cli.semseg",
     "deepspectral.cli.eval",
