@@ -45,6 +45,7 @@ REQUESTS = [
     ("matte (RGBA cut-out)", "/api/matte", {}),
     ("matte composite on a colour", "/api/matte", {"output": "composite", "color": "0,177,64"}),
     ("eigs (.npz)", "/api/eigs", {}),
+    ("discover 3 objects + crf", "/api/discover", {}),
 ]
 
 

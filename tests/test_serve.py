@@ -107,6 +107,11 @@ def test_settings_are_completed_with_the_server_defaults():
     assert resolve("segment", {"method": "tokencut"}).refine == "bilateral"
     assert resolve("segment", {"refine": ""}).refine == "crf"  # an empty field is absent
     assert resolve("matte", {}).method == "dsm"  # matting works on the paper's decomposition
+    found = resolve("discover", {}, server)  # MaskCut's defaults, not the server's TokenCut ones
+    assert (found.method, found.method_params, found.max_objects, found.min_score, found.refine, found.resize) == (
+        "tokencut", {"tau": 0.15, "eps": 1e-5}, 3, None, "crf", 0)
+    found = resolve("discover", {"max_objects": "auto", "min_score": "0.6", "tau": "0.3", "refine": "none", "resize": "64"})
+    assert (found.max_objects, found.min_score, found.method_params["tau"], found.refine, found.resize) == ("auto", 0.6, 0.3, "none", 64)
 
 
 @pytest.mark.parametrize(
@@ -128,6 +133,11 @@ def test_settings_are_completed_with_the_server_defaults():
         ("matte", {"color": "300,0,0"}, "R,G,B"),
         ("matte", {"radius": "-1"}, "radius"),
         ("matte", {"decontaminate": "maybe"}, "true or false"),
+        ("discover", {"method": "dsm"}, "not a parameter"),
+        ("discover", {"max_objects": "11"}, "[1, 10]"),
+        ("discover", {"max_objects": "many"}, "[1, 10]"),
+        ("discover", {"refine": "bilateral"}, "none, crf"),
+        ("discover", {"resize": "5000"}, "[0, 1024]"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_parameter(task, given, word):
@@ -391,7 +401,7 @@ def test_health_and_docs(server):
         schema = client.get("/openapi.json").json()
         assert client.get("/docs").status_code == 200
         page = client.get("/")
-    assert set(schema["paths"]) == {"/api/localize", "/api/segment", "/api/matte", "/api/eigs", "/api/health"}
+    assert set(schema["paths"]) == {"/api/localize", "/api/segment", "/api/matte", "/api/eigs", "/api/discover", "/api/health"}
     params = {p["name"] for p in schema["paths"]["/api/segment"]["post"]["parameters"]}
     assert params == {"method", "knn_lambda", "n_eigenvectors", "tau", "eps", "min_score", "refine"}
     assert "multipart/form-data" in schema["paths"]["/api/matte"]["post"]["requestBody"]["content"]
@@ -476,6 +486,31 @@ def test_eigs_npz_matches_the_library(server, library, tmp_path):
     expected = decompose(library.extract(photo, max_size=MAX_SIZE), photo, n_eigenvectors=4)
     assert got.image_size == (120, 160) and got.eigenvectors.shape == expected.eigenvectors.shape
     np.testing.assert_allclose(got.eigenvalues, expected.eigenvalues, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_discover_matches_the_library(server, library):
+    from deepspectral import defaults
+    from deepspectral.instances import decode_rle
+    from deepspectral.tasks.discover import discover
+
+    photo = _photo(12)
+    with server.client() as client:
+        answer = client.post("/api/discover", params={"max_objects": "2", "refine": "none"}, files={"file": ("shop/p 1.png", _encode(photo))})
+        square = client.post("/api/discover", params={"resize": "64", "max_objects": "auto"}, content=_encode(photo))
+    assert answer.status_code == 200, answer.text
+    coco = answer.json()
+    features = library.extract(photo, max_size=min(MAX_SIZE, defaults.DISCOVER_MAX_SIZE), fit="resize")
+    expected = discover(features, photo, max_objects=2, refine="none")
+    assert coco["images"] == [{"id": 1, "file_name": "p 1.png", "width": 160, "height": 120}]
+    assert len(coco["annotations"]) == len(expected) >= 1
+    for got, instance in zip(coco["annotations"], expected):
+        np.testing.assert_array_equal(decode_rle(got["segmentation"]), instance.mask)
+        x1, y1, x2, y2 = instance.box
+        assert got["bbox"] == [x1, y1, x2 - x1, y2 - y1] and got["score"] == pytest.approx(instance.score, abs=1e-6)
+    assert coco["settings"]["method"] == "maskcut" and coco["settings"]["max_objects"] == 2
+    assert square.status_code == 200, square.text
+    assert square.json()["images"][0]["width"] == 160  # the square is MaskCut's input; masks come back
 
 
 @pytest.mark.slow
@@ -610,6 +645,7 @@ def test_every_page_task_without_a_browser(random_weights, tmp_path):
     expected_files = {
         "eigenvectors": [".npz", ".eigs.png"], "box": [".box.json", ".box.png"], "mask": [".mask.png", ".overlay.png"],
         "matte": [".alpha.png"], "cut-out": [".fg.png"], "composite": [".composite.png"],
+        "instances": [".instances.json", ".instances.png"],
     }  # fmt: skip
     for label in PAGE_TASKS:
         out = tmp_path / label

@@ -38,7 +38,7 @@ def register(commands, formatter) -> None:
         description="Loads the backbone once and serves, on http://HOST:PORT, a web page (upload photos, "
         "choose the task and recipe, see and download the results) and a REST API: POST /api/localize "
         "(JSON box), /api/segment (PNG mask), /api/matte (RGBA PNG cut-out, alpha or composite), "
-        "/api/eigs (.npz), GET /api/health; OpenAPI documentation at /docs. Requests use the model one "
+        "/api/eigs (.npz), /api/discover (COCO JSON, several objects), GET /api/health; OpenAPI documentation at /docs. Requests use the model one "
         "at a time (a queue). The recipe and decomposition options below are the defaults of the "
         "requests that do not set them.",
     )

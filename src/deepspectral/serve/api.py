@@ -5,6 +5,7 @@
 ``POST /api/segment``        PNG mask (8-bit grey, 255 = object)
 ``POST /api/matte``          PNG: RGBA cut-out, alpha or composite (``output``)
 ``POST /api/eigs``           ``.npz`` (:func:`deepspectral.store.save_decomposition`)
+``POST /api/discover``       COCO JSON: several objects (MaskCut), RLE masks
 ``GET /api/health``          JSON: the model, the settings, the queue
 ===========================  ===================================================
 
@@ -28,7 +29,7 @@ from .uploads import UploadRejected, check_upload_size, decode_upload
 __all__ = ["build_router", "ENDPOINT_TASKS", "openapi_extra"]
 
 #: Form fields holding files, per task (the photo, and matte's composite background).
-_FILE_FIELDS = {"eigs": ("file",), "localize": ("file",), "segment": ("file",), "matte": ("file", "background")}
+_FILE_FIELDS = {"eigs": ("file",), "localize": ("file",), "segment": ("file",), "matte": ("file", "background"), "discover": ("file",)}
 #: The tasks with an endpoint and what each returns (for the OpenAPI page).
 ENDPOINT_TASKS = {
     "localize": ("application/json", "The box around the main object: box_xyxy [x1, y1, x2, y2] in pixels "
@@ -39,6 +40,8 @@ ENDPOINT_TASKS = {
               "output=composite: RGB PNG on 'color' or on the 'background' photo."),
     "eigs": ("application/octet-stream", "The decomposition as .npz: eigenvalues (K,), eigenvectors (K, h, w) "
              "float32, image_size, input_size, crop_size, patch_size, metadata (JSON settings)."),
+    "discover": ("application/json", "Several objects (MaskCut) as COCO instances: images (one), annotations "
+                 "(bbox [x, y, w, h], segmentation as compressed RLE, area, score), categories; plus settings."),
 }  # fmt: skip
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -80,6 +83,7 @@ class _Upload:
     def __init__(self) -> None:
         self.photo: bytes | None = None
         self.name = "photo"
+        self.filename = "photo"
         self.background: bytes | None = None
         self.settings: dict[str, str] = {}
 
@@ -102,6 +106,7 @@ async def _read_upload(request, task: str, max_bytes: int) -> _Upload:
                     if key == "file":
                         upload.photo = data
                         if value.filename:
+                            upload.filename = value.filename.replace("\\", "/").rsplit("/", 1)[-1][:128] or upload.filename
                             stem = _SAFE_NAME.sub("_", value.filename.rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("._")
                             upload.name = stem[:64] or upload.name
                     else:
@@ -202,12 +207,19 @@ def build_router(service: Service, *, max_upload_bytes: int):
         }
         return Response(npz_bytes(decomposition), media_type="application/octet-stream", headers=headers)
 
-    jobs = {"localize": localize_job, "segment": segment_job, "matte": matte_job, "eigs": eigs_job}
+    def discover_job(upload, settings):
+        image, seconds = photo_of(upload)
+        found = service.discover(image, settings)
+        answer = {**found.coco(upload.filename, image.shape[:2]), "settings": found.settings}
+        return JSONResponse(answer, headers=_timing({**seconds, **found.seconds}))
+
+    jobs = {"localize": localize_job, "segment": segment_job, "matte": matte_job, "eigs": eigs_job, "discover": discover_job}
     summaries = {
         "localize": "A box around the main object",
         "segment": "A mask of the main object",
         "matte": "Alpha matte, RGBA cut-out or composite",
         "eigs": "The Laplacian eigenvectors (.npz)",
+        "discover": "Several objects (MaskCut): COCO instances",
     }
     def endpoint_of(task: str, job):
         async def endpoint(request: Request):

@@ -3,7 +3,7 @@
 Upload one or more photos (or pick an example), choose the task and the recipe with its
 main settings, press *Run*: each photo's result appears beside it (eigenvector panels, the
 box drawn on it, the mask laid over it, the matte, the RGBA cut-out on a checkerboard, the
-composite on a colour or a second photo), the files of every result can be downloaded
+composite on a colour or a second photo, the instances of several objects), the files of every result can be downloaded
 (PNG, JSON, ``.npz``), and a table lists scores, boxes and timings. The photos go through
 the same decoding and checks as the REST API (:func:`~deepspectral.serve.uploads.decode_upload`)
 and the same queue (:meth:`~deepspectral.serve.service.Service.submit`). Result files are
@@ -32,6 +32,7 @@ PAGE_TASKS = {
     "matte": ("matte", "alpha"),
     "cut-out": ("matte", "cutout"),
     "composite": ("matte", "composite"),
+    "instances": ("discover", None),
 }
 PAGE_TASK = "mask"
 #: Seconds between Gradio's sweeps of its temporary files, and the age at which they go.
@@ -78,6 +79,8 @@ def _job(service: Service, task: str, data: bytes, settings, background: bytes |
         return image, service.localize(image, settings)
     if task == "segment":
         return image, service.segment(image, settings)
+    if task == "discover":
+        return image, service.discover(image, settings)
     back = decode_upload(background, max_bytes=max_bytes, what="the background photo") if background else None
     return image, service.matte(image, settings, back)
 
@@ -143,6 +146,15 @@ def run_page_task(
             row = [image, overlay]
             record.update(score=found.score, empty=not bool(found.mask.any()), settings=found.settings, seconds=found.seconds)
             files += [_write(out_dir / f"{name}.mask.png", png_bytes(found.mask.astype("uint8") * 255)), _write(out_dir / f"{name}.overlay.png", png_bytes(overlay))]
+        elif task == "discover":
+            picture = _instances_picture(image, found.instances)
+            row = [image, picture]
+            record.update(
+                instances=[{"box_xyxy": list(i.box), "area": i.area, "score": round(float(i.score), 6)} for i in found.instances],
+                settings=found.settings, seconds=found.seconds,
+            )  # fmt: skip
+            coco = found.coco(Path(path).name, image.shape[:2])
+            files += [_write_json(out_dir / f"{name}.instances.json", coco), _write(out_dir / f"{name}.instances.png", png_bytes(picture))]
         else:
             picture = found.picture
             row = [image, on_checkerboard(picture) if picture.ndim == 3 and picture.shape[2] == 4 else as_rgb(picture)]
@@ -153,6 +165,19 @@ def run_page_task(
     if details:
         files.append(_write_json(out_dir / "results.json", details))
     return rows, files, details
+
+
+def _instances_picture(image, instances):
+    """The photo with each instance laid over it and boxed, in the colours of
+    ``deepspectral discover --save-viz``."""
+    from ..cli.discover import PALETTE
+    from ..viz import draw_box, overlay_mask
+
+    canvas = image
+    for index, instance in enumerate(instances):
+        colour = PALETTE[index % len(PALETTE)]
+        canvas = draw_box(overlay_mask(canvas, instance.mask, colour, alpha=0.45), instance.box, colour)
+    return canvas
 
 
 def _without_color(settings):
@@ -194,18 +219,24 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
     work_dir = Path(work_dir) if work_dir is not None else None
     info = service.info()
 
-    def run(files, label, method, knn_lambda, n_eigenvectors, tau, eps, min_score, refine, radius, color, background):
+    def run(files, label, method, knn_lambda, n_eigenvectors, tau, eps, min_score, refine, radius, max_objects, color, background):
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
         if not paths:
             raise gr.Error("Upload a photo (or pick an example) first.")
         task = PAGE_TASKS[label][0]
         given: dict = {}
-        if task != "matte":
-            given["method"] = method
-        if task == "matte" or method == defaults.METHOD:
+        if task == "discover":  # MaskCut's own tau, eps; its refinements are crf and none
+            given["max_objects"] = max_objects
+            if min_score:
+                given["min_score"] = min_score
+            if refine in defaults.DISCOVER_REFINEMENTS:
+                given["refine"] = refine
+        elif task == "matte" or method == defaults.METHOD:
             given.update(knn_lambda=knn_lambda, n_eigenvectors=n_eigenvectors)
         else:
             given.update(tau=tau, eps=eps)
+        if task not in ("matte", "discover"):
+            given["method"] = method
         if task in ("localize", "segment"):
             given["min_score"] = min_score
         if task == "segment" and refine != "default":
@@ -254,7 +285,10 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
                         example_labels=[Path(path).name for path in examples], label="Example photos",
                     )  # fmt: skip
                 task = gr.Radio(list(PAGE_TASKS), value=PAGE_TASK, label="Task", elem_id="task")
-                method = gr.Radio(list(defaults.METHOD_NAMES), value=server.method, label="Recipe (not for matting: dsm)", elem_id="method")
+                method = gr.Radio(
+                    list(defaults.METHOD_NAMES), value=server.method, elem_id="method",
+                    label="Recipe (matting: dsm; instances: MaskCut, TokenCut's cut repeated)",
+                )  # fmt: skip
                 with gr.Accordion("Settings", open=False):
                     dsm = server.method == defaults.METHOD
                     knn_lambda = gr.Slider(0, 50, value=server.knn_lambda, step=0.5, label="knn_lambda: weight of the colour affinity (dsm)", visible=dsm)
@@ -264,6 +298,10 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
                     min_score = gr.Slider(0, 1, value=server.min_score, step=0.01, label="min_score: below it, no object (box, mask)")
                     refine = gr.Radio(["default", *defaults.REFINEMENTS], value="default", label="Mask refinement (default: crf for dsm, bilateral for tokencut)")
                     radius = gr.Slider(0, MAX_RADIUS, value=8, step=1, label="Matte: guided-filter radius (pixels)")
+                    max_objects = gr.Dropdown(
+                        ["auto", *map(str, range(1, defaults.AUTO_MAX_OBJECTS + 1))], value=str(defaults.MAX_OBJECTS),
+                        label="Instances: objects per photo (MaskCut; auto: until a cut scores below min_score)",
+                    )  # fmt: skip
                 with gr.Accordion("Composite background", open=False):
                     color = gr.ColorPicker(value="#00b140", label="Colour")
                     background = gr.File(label="…or a second photo", file_count="single", file_types=["image"])
@@ -275,7 +313,7 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
         method.change(recipe_visibility, inputs=[method], outputs=[knn_lambda, n_eigenvectors, tau, eps], api_name=False)
         button.click(
             run,
-            inputs=[photos, task, method, knn_lambda, n_eigenvectors, tau, eps, min_score, refine, radius, color, background],
+            inputs=[photos, task, method, knn_lambda, n_eigenvectors, tau, eps, min_score, refine, radius, max_objects, color, background],
             outputs=[results, downloads, table],
             api_name=False,
         )

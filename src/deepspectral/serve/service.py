@@ -24,7 +24,7 @@ import numpy as np
 from .. import defaults
 from .settings import RequestSettings, ServerDefaults, SettingError
 
-__all__ = ["Service", "Photo", "Localized", "Segmented", "Matted"]
+__all__ = ["Service", "Photo", "Localized", "Segmented", "Matted", "Discovered"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,22 @@ class Matted:
     picture: np.ndarray
     settings: dict
     seconds: dict = field(default_factory=dict)
+
+
+@dataclass
+class Discovered:
+    """The instances (:class:`deepspectral.tasks.discover.Instance`: mask, box, area,
+    score) of several objects of one photo, and the settings used."""
+
+    instances: list
+    settings: dict
+    seconds: dict = field(default_factory=dict)
+
+    def coco(self, file_name: str, size: tuple[int, int]) -> dict:
+        """The COCO ``instances.json`` of this photo (``size = (H, W)``)."""
+        from ..instances import annotation, coco_instances, image_record
+
+        return coco_instances([image_record(file_name, size, [annotation(i.mask, i.score) for i in self.instances])])
 
 
 class Service:
@@ -233,12 +249,7 @@ class Service:
         from ..tasks.segment import segment_object
 
         if settings.refine == "crf":
-            from ..crf import check_crf_available
-
-            try:
-                check_crf_available()
-            except ImportError as error:
-                raise SettingError(f"refine: {error}; or ask for refine=bilateral or refine=none") from None
+            _check_crf("refine=bilateral or refine=none")
         start = time.perf_counter()
         result = self.decomposition(image, settings, use="masks")
         mask = segment_object(result.decomposition, image, refine=settings.refine, min_score=settings.min_score)
@@ -275,6 +286,50 @@ class Service:
             back = background if background is not None else (settings.color or DEFAULT_COLOR)
             picture = composite(image, alpha, back, decontaminate=settings.decontaminate)
         return Matted(alpha, picture, settings.record(), _seconds(result, start))
+
+
+    def discover(self, image: np.ndarray, settings: RequestSettings) -> Discovered:
+        """Several objects of the photo (MaskCut, :func:`deepspectral.tasks.discover.discover`),
+        on features made as ``deepspectral discover`` makes them: each side resized to a
+        multiple of the patch size, the longest at most ``DISCOVER_MAX_SIZE`` (or the
+        server's ``max_size`` when smaller), or MaskCut's ``resize × resize`` square."""
+        from ..engine import Engine
+        from ..tasks.discover import SquareInput, discover
+
+        if settings.refine == "crf":
+            _check_crf("refine=none")
+        start = time.perf_counter()
+        source = SquareInput(self.backbone, settings.resize) if settings.resize else self.backbone
+        limit = defaults.DISCOVER_MAX_SIZE if self.max_size is None else min(self.max_size, defaults.DISCOVER_MAX_SIZE)
+        engine = Engine(
+            source,
+            max_size=None if settings.resize else limit,
+            decompose=False,
+            keep_features=True,
+            method="tokencut",  # its fit for masks: each side resized to a multiple of the patch
+            method_params=settings.method_params,
+            use="masks",
+        )
+        results = engine.run([Photo("upload", image)])
+        try:
+            result = next(results).check()
+        finally:
+            results.close()
+        instances = discover(
+            result.features, image, max_objects=settings.max_objects, min_score=settings.min_score,
+            refine=settings.refine, **settings.method_params,
+        )  # fmt: skip
+        return Discovered(instances, settings.record(), _seconds(result, start))
+
+
+def _check_crf(instead: str) -> None:
+    """A :class:`SettingError` naming the extra when the dense CRF is not installed."""
+    from ..crf import check_crf_available
+
+    try:
+        check_crf_available()
+    except ImportError as error:
+        raise SettingError(f"refine: {error}; or ask for {instead}") from None
 
 
 def _seconds(result, start: float) -> dict:

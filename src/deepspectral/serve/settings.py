@@ -23,6 +23,7 @@ __all__ = [
     "MATTE_OUTPUT",
     "MAX_EIGENVECTORS",
     "MAX_RADIUS",
+    "MAX_RESIZE",
     "Parameter",
     "PARAMETERS",
     "parameters_of",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 #: What the server computes: one REST endpoint each (``POST /api/<task>``).
-TASKS = ("eigs", "localize", "segment", "matte")
+TASKS = ("eigs", "localize", "segment", "matte", "discover")
 #: What ``/api/matte`` returns: the alpha matte (8-bit grey), the RGBA cut-out, or the
 #: cut-out composited on a colour or a second photo (RGB).
 MATTE_OUTPUTS = ("alpha", "cutout", "composite")
@@ -45,6 +46,9 @@ MAX_EIGENVECTORS = 16
 #: Largest guided-filter radius (pixels) a request may ask for: 8 cells of the 1/8 grid,
 #: beyond which the matte is only blurrier.
 MAX_RADIUS = 64
+#: Largest side of MaskCut's square input a request may ask for (``resize``): 64 × 64
+#: patches of 16 pixels, a bound on what one request costs.
+MAX_RESIZE = 1024
 #: Composite colour when ``output=composite`` gives neither a colour nor a second photo:
 #: the green of a green screen.
 DEFAULT_COLOR = (0, 177, 64)
@@ -84,6 +88,12 @@ def _choice(choices: tuple[str, ...]):
         return text
 
     return parse
+
+
+def _max_objects(text: str):
+    if text == "auto":
+        return "auto"
+    return _number(int, 1, defaults.AUTO_MAX_OBJECTS)(text)
 
 
 def _boolean(text: str) -> bool:
@@ -146,6 +156,7 @@ class Parameter:
 
 _DECOMPOSING = ("eigs", "localize", "segment", "matte")
 _RECIPES = ("eigs", "localize", "segment")  # matte works on the paper's decomposition only
+_CUTS = ("eigs", "localize", "segment", "discover")  # TokenCut's graph: its recipe, and MaskCut's cuts
 
 #: Every setting of every task (the defaults are the server's: :class:`ServerDefaults`).
 PARAMETERS: tuple[Parameter, ...] = (
@@ -165,25 +176,44 @@ PARAMETERS: tuple[Parameter, ...] = (
         {"type": "integer", "minimum": 2, "maximum": MAX_EIGENVECTORS}, _DSM_ONLY,
     ),
     Parameter(
-        "tau", _number(float, -1, 1, high_open=True), _RECIPES,
-        "tokencut only: cosine above which two patches are linked",
+        "tau", _number(float, -1, 1, high_open=True), _CUTS,
+        f"tokencut and discover: cosine above which two patches are linked (discover's default: "
+        f"MaskCut's {defaults.MASKCUT_TAU})",
         {"type": "number", "minimum": -1, "exclusiveMaximum": 1}, _TOKENCUT_ONLY,
     ),
     Parameter(
-        "eps", _number(float, 0, 1, low_open=True, high_open=True), _RECIPES,
-        "tokencut only: weight of the other pairs of patches",
+        "eps", _number(float, 0, 1, low_open=True, high_open=True), _CUTS,
+        "tokencut and discover: weight of the other pairs of patches",
         {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, _TOKENCUT_ONLY,
     ),
     Parameter(
-        "min_score", _number(float, 0, 1), ("localize", "segment"),
-        "report no object (a null box, an empty mask) when the score is below this",
+        "min_score", _number(float, 0, 1), ("localize", "segment", "discover"),
+        "report no object (a null box, an empty mask) when the score is below this; discover: stop at "
+        f"the first cut scoring below it (default: never, {defaults.AUTO_MIN_SCORE} with max_objects=auto)",
         {"type": "number", "minimum": 0, "maximum": 1},
+    ),
+    Parameter(
+        "max_objects", _max_objects, ("discover",),
+        f"objects (cuts) per photo, 1..{defaults.AUTO_MAX_OBJECTS}, or auto: cuts until one scores below "
+        f"min_score (default {defaults.MAX_OBJECTS})",
+        {"oneOf": [{"type": "integer", "minimum": 1, "maximum": defaults.AUTO_MAX_OBJECTS}, {"type": "string", "enum": ["auto"]}]},
+    ),
+    Parameter(
+        "resize", _number(int, 0, MAX_RESIZE), ("discover",),
+        f"resize the photo to S x S first, ignoring its aspect ratio (MaskCut: {defaults.MASKCUT_RESIZE}); "
+        f"0 (default): keep the aspect ratio, longest side at most {defaults.DISCOVER_MAX_SIZE}",
+        {"type": "integer", "minimum": 0, "maximum": MAX_RESIZE},
     ),
     Parameter(
         "refine", _choice(defaults.REFINEMENTS), ("segment",),
         "refinement of the coarse mask: none, crf (dense CRF) or bilateral (fast bilateral solver); "
         "default: crf for dsm, bilateral for tokencut",
         {"type": "string", "enum": list(defaults.REFINEMENTS)},
+    ),
+    Parameter(
+        "refine", _choice(defaults.DISCOVER_REFINEMENTS), ("discover",),
+        "refinement of each instance: crf (MaskCut's dense CRF, the default) or none",
+        {"type": "string", "enum": list(defaults.DISCOVER_REFINEMENTS)},
     ),
     Parameter(
         "output", _choice(MATTE_OUTPUTS), ("matte",),
@@ -208,7 +238,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
 )  # fmt: skip
 
-_BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+_BY_NAME = {parameter.name: parameter for parameter in reversed(PARAMETERS)}  # the first of a name
 
 
 def parameters_of(task: str) -> list[Parameter]:
@@ -252,9 +282,10 @@ class RequestSettings:
         The recipe's parameters other than the paper's (TokenCut: ``tau``, ``eps``).
     knn_lambda, n_eigenvectors : float, int
         The paper's recipe's parameters.
-    min_score : float
+    min_score : float or None
+        (None: discover's cuts do not stop on a score.)
     refine : str
-        Segment's refinement (the recipe's default when not given).
+        Segment's or discover's refinement (the default of the recipe / MaskCut when not given).
     output : str
         Matte's output (:data:`MATTE_OUTPUTS`).
     color : (r, g, b) or None
@@ -262,6 +293,10 @@ class RequestSettings:
     radius : int or None
         Matte's guided-filter radius (None: the library's default).
     decontaminate : bool
+    max_objects : int or "auto"
+        Discover's cuts per photo.
+    resize : int
+        Discover's square input side (0: the aspect ratio kept).
     """
 
     task: str
@@ -269,15 +304,22 @@ class RequestSettings:
     method_params: dict = field(default_factory=dict)
     knn_lambda: float = defaults.KNN_LAMBDA
     n_eigenvectors: int = defaults.N_EIGENVECTORS
-    min_score: float = defaults.MIN_SCORE
+    min_score: float | None = defaults.MIN_SCORE
     refine: str = defaults.REFINE[defaults.METHOD]
     output: str = MATTE_OUTPUT
     color: tuple | None = None
     radius: int | None = None
     decontaminate: bool = True
+    max_objects: int | str = defaults.MAX_OBJECTS
+    resize: int = 0
 
     def record(self) -> dict:
         """The settings that shaped the result, for the JSON answers."""
+        if self.task == "discover":
+            return {
+                "method": "maskcut", **self.method_params, "max_objects": self.max_objects,
+                "min_score": self.min_score, "refine": self.refine, "resize": self.resize,
+            }  # fmt: skip
         out = {"method": self.method}
         if self.method == defaults.METHOD:
             out.update(knn_lambda=self.knn_lambda, n_eigenvectors=self.n_eigenvectors)
@@ -313,7 +355,10 @@ def resolve(task: str, given: Mapping[str, str], server: ServerDefaults | None =
             values[name] = allowed[name].parse(str(text).strip())
         except ValueError as error:
             raise SettingError(f"{name}: {error}, got {text!r}") from None
-    method = values.get("method", server.method) if "method" in allowed else defaults.METHOD
+    if task == "discover":  # MaskCut repeats TokenCut's cut
+        method = "tokencut"
+    else:
+        method = values.get("method", server.method) if "method" in allowed else defaults.METHOD
     for name in values:
         only = allowed[name].method
         if only is not None and only != method:
@@ -324,12 +369,17 @@ def resolve(task: str, given: Mapping[str, str], server: ServerDefaults | None =
         knn_lambda=float(values.get("knn_lambda", server.knn_lambda)),
         n_eigenvectors=int(values.get("n_eigenvectors", server.n_eigenvectors)),
         min_score=float(values.get("min_score", server.min_score)),
-        refine=values.get("refine", defaults.REFINE[method]),
+        refine=values.get("refine", defaults.DISCOVER_REFINE if task == "discover" else defaults.REFINE[method]),
         output=values.get("output", MATTE_OUTPUT),
         color=values.get("color"),
         radius=values.get("radius"),
         decontaminate=values.get("decontaminate", True),
+        max_objects=values.get("max_objects", defaults.MAX_OBJECTS),
+        resize=int(values.get("resize", 0)),
     )
+    if task == "discover":  # MaskCut's own defaults, not the server's TokenCut ones
+        tau, eps = values.get("tau", defaults.MASKCUT_TAU), values.get("eps", defaults.TOKENCUT_EPS)
+        return replace(settings, method_params={"tau": float(tau), "eps": float(eps)}, min_score=values.get("min_score"))
     if method != defaults.METHOD:
         settings = replace(settings, method_params={"tau": float(values.get("tau", server.tau)), "eps": float(values.get("eps", server.eps))})
     return settings
