@@ -589,7 +589,7 @@ def _browser():
     from selenium.webdriver.chrome.service import Service as DriverService
 
     options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900", "--disable-gpu"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000", "--disable-gpu"):
         options.add_argument(argument)
     options.binary_location = browser
     return webdriver.Chrome(service=DriverService(driver), options=options)
@@ -610,18 +610,16 @@ def test_page_in_a_real_browser(server, examples, tmp_path):
         upload = wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, "#photos input[type=file]")))
         upload.send_keys(str(photo))
         wait.until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, "#photos"), photo.stem))
-        mask = next(label for label in browser.find_elements(By.CSS_SELECTOR, "#task label") if label.text.strip() == "mask")
-        choice = mask.find_element(By.TAG_NAME, "input")
+        choice = wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, '#task label[data-testid="mask-radio-label"] input')))
         browser.execute_script("arguments[0].click()", choice)  # (the label's text may take a plain click)
         assert choice.is_selected()
-        browser.find_element(By.CSS_SELECTOR, "#run").click()
+        wait.until(seen.element_to_be_clickable((By.CSS_SELECTOR, "#run"))).click()
         result = wait.until(seen.visibility_of_element_located((By.CSS_SELECTOR, "#results img")))
         wait.until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, "#downloads"), f"{photo.stem}.mask"))
+        wait.until(seen.text_to_be_present_in_element((By.CSS_SELECTOR, "#details"), "score"))
         # the picture is served from the server's own temporary folder
         assert f"/gradio_api/file={server.tmpdir}/deepspectral-serve-" in result.get_attribute("src")
         assert browser.execute_script("return arguments[0].naturalWidth", result) > 0
-        details = browser.find_element(By.CSS_SELECTOR, "#details").text
-        assert "score" in details
         time.sleep(1)  # let the picture settle before the screenshot
         shot = Path(os.environ.get("DEEPSPECTRAL_SERVE_SCREENSHOT") or tmp_path / "serve.png")
         shot.parent.mkdir(parents=True, exist_ok=True)

@@ -272,7 +272,7 @@ def build_page(service: Service, *, max_upload_bytes: int, examples: list | None
         gr.Markdown(
             f"# {title}\n"
             f"Deep Spectral Methods on your photos: boxes, masks, mattes and the Laplacian eigenvectors "
-            f"of the main object. Backbone **{info['backbone']}** on **{info['device']}**, photos up to "
+            f"of the main object, and instances of several objects. Backbone **{info['backbone']}** on **{info['device']}**, photos up to "
             f"{max_upload_bytes / 1e6:.0f} MB, worked on at {service.max_size or 'full'} px at most. "
             f"The same tasks as a REST API: [/docs](/docs)."
         )
