@@ -127,6 +127,8 @@ def run_page_task(
         except UploadRejected as error:
             details.append({"photo": name, "error": error.message})
             continue
+        except SettingError:  # the same for every photo (e.g. the CRF is not installed)
+            raise
         except (ValueError, MemoryError) as error:
             details.append({"photo": name, "error": f"this photo cannot be processed: {error}"})
             continue
