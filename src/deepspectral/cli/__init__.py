@@ -10,6 +10,7 @@
     deepspectral semseg   fit / train / predict   # semantic segmentation of a collection
     deepspectral eval     localization / segmentation / semseg   # the paper's metrics
     deepspectral data     download / list         # the evaluation datasets
+    deepspectral serve                            # a local web page and REST API
 
 INPUTS are image files, folders (searched recursively) and ``.txt`` lists of paths. Output
 names keep each image's path relative to the folder it came from.
@@ -41,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deepspectral.cli.semseg",
     "deepspectral.cli.eval",
     "deepspectral.cli.data",
+    "deepspectral.cli.serve",
 )
 
 
