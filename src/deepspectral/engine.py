@@ -267,6 +267,11 @@ class ImageResult:
     seconds : dict
         Time spent per stage on this image (``load``, ``features``, ``eigenvectors``); a
         stage read from the cache is absent.
+    backbone : object or None
+        For ``work`` that runs the backbone again (``semseg fit``'s segment crops): the
+        engine's backbone, set by :meth:`Engine.process` (on a Ray cluster, with
+        ``uses_backbone``: the backbone actor's, :mod:`deepspectral.engine_ray`). None
+        elsewhere.
     """
 
     item: object
@@ -275,6 +280,7 @@ class ImageResult:
     decomposition: Decomposition | None = None
     error: BaseException | None = None
     seconds: dict = field(default_factory=dict)
+    backbone: object = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -426,6 +432,7 @@ class Engine:
         verbose: bool = True,
         skip: Callable[[Item], bool] | None = None,
         collect: Callable[[object, object], None] | None = None,
+        uses_backbone: bool = False,
     ) -> RunSummary:
         """Run ``work(result)`` on the :class:`ImageResult` of every item, under
         :func:`run_batch`'s error policy (an image whose decoding, features or
@@ -438,12 +445,14 @@ class Engine:
         in input order, for every image whose ``work`` succeeded. Commands that gather
         records (``localize``'s boxes) do it there rather than in ``work``, so that
         ``work`` can run elsewhere (:class:`deepspectral.engine_ray.RayEngine` runs it in
-        Ray tasks)."""
+        Ray tasks). Work that runs the backbone again (``result.backbone``) says so with
+        ``uses_backbone`` (here it changes nothing; on Ray it runs where the backbone is)."""
         items = list(items)
         todo = [item for item in items if not skip(item)] if skip is not None else items
         results = self.run(todo)
 
         def step(result: ImageResult) -> None:
+            result.backbone = self.backbone
             record = work(result.check())
             if collect is not None:
                 collect(result.item, record)
