@@ -382,10 +382,6 @@ class Engine:
         self.batch_size = int(batch_size)
         self.workers = int(workers)
         self.eigen_device = str(getattr(backbone, "device", "cpu"))
-        if self.recipe.name != defaults.METHOD:  # the torch eigen-step is the paper's recipe's for now
-            if eigen_backend == "torch":
-                raise ValueError(f"eigen_backend: 'torch' runs method {defaults.METHOD!r} only, got method {method!r}; use 'cpu' or 'auto'")
-            eigen_backend = "cpu"
         self.eigen_backend = resolve_eigen_backend(eigen_backend, self.eigen_device)
         self._weights_id: str | None = None
 
@@ -410,7 +406,10 @@ class Engine:
     def decomposition_settings(self) -> dict:
         """Every setting that changes the decomposition (part of its cache key)."""
         if self.recipe.name != defaults.METHOD:
-            return {**self.feature_settings(), "method": self.recipe.name, **self.method_params}
+            return {
+                **self.feature_settings(), "method": self.recipe.name, **self.method_params,
+                **({"eigen_backend": "torch"} if self.eigen_backend == "torch" else {}),
+            }  # fmt: skip
         return {
             **self.feature_settings(),
             "knn_lambda": self.knn_lambda,
@@ -619,15 +618,20 @@ class Engine:
         """The torch backend: the decompositions of ``batch`` (``(result, key)`` pairs) in
         one call on the backbone's device; when it fails, each image alone, so that only
         the image at fault fails."""
-        from .eigen_torch import decompose_batch
-
         start = time.perf_counter()
         try:
-            found = decompose_batch(
-                [result.features for result, _ in batch], [result.image for result, _ in batch],
-                knn_lambda=self.knn_lambda, n_eigenvectors=self.n_eigenvectors, knn_kernel=self.knn_kernel,
-                device=self.eigen_device,
-            )  # fmt: skip
+            if self.recipe.name == "tokencut":
+                from .recipes.tokencut_torch import decompose_batch as decompose_tokencut
+
+                found = decompose_tokencut([result.features for result, _ in batch], device=self.eigen_device, **self.method_params)
+            else:
+                from .eigen_torch import decompose_batch
+
+                found = decompose_batch(
+                    [result.features for result, _ in batch], [result.image for result, _ in batch],
+                    knn_lambda=self.knn_lambda, n_eigenvectors=self.n_eigenvectors, knn_kernel=self.knn_kernel,
+                    device=self.eigen_device,
+                )  # fmt: skip
         except PER_IMAGE_ERRORS as error:
             if len(batch) == 1:
                 batch[0][0].error = error
