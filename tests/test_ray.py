@@ -134,6 +134,8 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path, photos, random_weights
 def test_ray_run_writes_the_same_files_as_a_local_run(tmp_path, ray_cluster, photos, random_weights, command):
     words = 2 if command[0] == "semseg" else 1
     inputs = [str(photos)]
+    if command[0] == "eigs" and __import__("importlib").util.find_spec("fsspec") is not None:
+        inputs = [photos.as_uri()]  # a file:// URL, read through fsspec by the Ray actors
     if command[0] == "semseg":  # the slowest (crops through the backbone): 8 photos and the broken one
         inputs = [str(path) for path in sorted(photos.glob("*.png"))[:8]] + [str(photos / "photo99_broken.png")]
     base = [*command[:words], *inputs, "--weights", str(random_weights), "--no-cache", *COMMON, *command[words:]]

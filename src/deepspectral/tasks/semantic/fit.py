@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ... import defaults
+from ...data.images import is_url
 from .clustering import assign_clusters, cluster_features
 from .rundir import (
     CENTROIDS_FILE,
@@ -309,7 +310,7 @@ def _write_labels(done: list, run_dir: Path, centroids: np.ndarray, counts: dict
         save_label_png(label_path, labels.astype(np.uint8))
         records.append({
             "image": item.name,
-            "file": str(Path(item.path).resolve()),
+            "file": item.path if is_url(item.path) else str(Path(item.path).resolve()),
             "labels": label_path.relative_to(run_dir).as_posix(),
             "segments": counts[item.name],
         })
