@@ -15,6 +15,7 @@ the engine works on the previous chunk; with 0 the engine decodes them itself.
 
     python benchmarks/bench_pipeline.py --images 100 --configs 1:1 2:4
     python benchmarks/bench_pipeline.py --images 30 --configs 1:1 --eigen-backend cpu torch
+    python benchmarks/bench_pipeline.py --images 30 --configs 1:4 --eigen-backend cpu torch --method tokencut
     # on a GPU (one short command; ViT-S/16 random weights, VOC-like sizes):
     python benchmarks/bench_pipeline.py --device cuda --images 2000 --configs 1:32 \\
         --eigen-backend torch cpu --loader-workers 12 --every 500
@@ -128,6 +129,7 @@ def main() -> None:
                         help="mixed: a seeded shuffle (a stationary mix of sizes); size: sorted by image size, "
                         "so that batches hold images of one size")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=2, help="images run before timing (compilation, allocator)")
+    parser.add_argument("--method", choices=["dsm", "tokencut"], default="dsm", help="the recipe (--method of localize)")
     args = parser.parse_args()
 
     sources = args.sources or [str(SHARED / name) for name in ("sod/images", "coco-mini", "davis2016-val/JPEGImages")]
@@ -160,7 +162,7 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), "
           f"{platform.system()}, python {platform.python_version()}, torch {torch.__version__}, features on {device}; "
-          f"{args.images} photos ({args.order} order) cycled from {len(found)} "
+          f"method {args.method}; {args.images} photos ({args.order} order) cycled from {len(found)} "
           f"({', '.join(Path(s).name for s in sources)}); decoding: "
           + (f"DataLoader, {loader_workers} processes, chunks of {args.chunk}" if loader_workers else "in the engine"))
     print()
@@ -172,7 +174,7 @@ def main() -> None:
     for backend in args.eigen_backend:
         for config in args.configs:
             workers, batch = (int(v) for v in config.split(":"))
-            engine = Engine(backbone, batch_size=batch, workers=workers, eigen_backend=backend)
+            engine = Engine(backbone, batch_size=batch, workers=workers, eigen_backend=backend, method=args.method)
             for result in engine.run(items[: args.warmup]):  # warm-up, outside the timing
                 result.check()
             seconds, stages, boxes, rss = run(engine, items, loader_workers, args.chunk, args.every)

@@ -276,3 +276,172 @@ def test_cuda_matches_cpu_torch():
     image = _test_image((20, 30), seed=3)
     on_gpu = eigen_torch.knn_affinity(torch.from_numpy(image)[None].cuda())[0].cpu().numpy()
     np.testing.assert_array_equal(on_gpu, np_affinity.knn_affinity(image).toarray())
+
+
+# ---------------------------------------------------------------------------------------
+# TokenCut's eigen-step in torch (deepspectral.recipes.tokencut_torch)
+# ---------------------------------------------------------------------------------------
+
+
+def _seed_is_clear(decomposition) -> bool:
+    """Whether TokenCut's object is defined beyond rounding: every patch whose ``|value|``
+    is within 1e-4 (relative) of the largest has the seed's sign and lies in its component.
+    Oracle features make many patches alike, so the binary graph can give several exactly
+    equal largest values in different components; which one is "first" is then decided by
+    the last bits, on either path."""
+    from scipy import ndimage
+
+    from deepspectral.recipes import tokencut
+
+    split, seed, oriented = tokencut.bipartition(decomposition.eigenvectors[1])
+    values = oriented.reshape(-1)
+    near = np.abs(values) >= np.abs(values[seed]) * (1 - 1e-4)
+    labels = ndimage.label(split)[0].reshape(-1)
+    return bool(np.all(values[near] > 0) and np.all(labels[near] == labels[seed]))
+
+
+def _tokencut_compare(features, cpu, got) -> int:
+    """Assert a torch TokenCut decomposition ``got`` agrees with the CPU one ``cpu`` (against
+    a dense ``eigh`` of the numpy graph); return the number of eigenvectors compared."""
+    from deepspectral.recipes import tokencut
+
+    affinity = tokencut.tokencut_affinity(features.features)
+    k = len(cpu.eigenvalues)
+    lam, ref_vectors, degree = _dense_reference(affinity, k)
+    np.testing.assert_allclose(got.eigenvalues, lam[:k], atol=1e-5)
+    flat = lambda d: d.eigenvectors.reshape(k, -1)  # noqa: E731
+    cos_cpu = _clear_gap_cosines(lam, ref_vectors, flat(cpu), degree)
+    cos_torch = _clear_gap_cosines(lam, ref_vectors, flat(got), degree)
+    assert min(cos_torch, default=1.0) >= MIN_COS, cos_torch
+    assert min(cos_cpu, default=1.0) >= MIN_COS, cos_cpu
+    if _seed_is_clear(cpu):
+        assert tokencut.box(got) == tokencut.box(cpu)
+        np.testing.assert_array_equal(tokencut.mask(got), tokencut.mask(cpu))
+    assert got.eigenvectors.shape == cpu.eigenvectors.shape and got.eigenvectors.dtype == np.float32
+    assert got.settings == {**cpu.settings, "eigen_backend": "torch"}
+    # the second eigenvector is oriented as on the CPU (the seed's side above the mean)
+    assert float(np.sum(got.eigenvectors[1] * cpu.eigenvectors[1])) > 0
+    return len(cos_torch)
+
+
+def test_tokencut_affinity_equals_numpy():
+    from deepspectral.recipes import tokencut, tokencut_torch
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((3, 50, 24)).astype(np.float32)
+    feats[1, 7] = 0.0  # a zero feature: the norm's floor
+    got = tokencut_torch.tokencut_affinity(torch.from_numpy(feats), tau=0.1, eps=1e-4).numpy()
+    for index in range(3):
+        want = tokencut.tokencut_affinity(feats[index], tau=0.1, eps=1e-4)
+        f = feats[index] / np.maximum(np.linalg.norm(feats[index], axis=1, keepdims=True), 1e-12)
+        near = np.abs(f.astype(np.float64) @ f.T.astype(np.float64) - 0.1) < 1e-6  # float32 rounding may flip these
+        assert set(np.unique(got[index])) <= {np.float32(1e-4), np.float32(1.0)}
+        np.testing.assert_array_equal(got[index][~near], want[~near])
+    with pytest.raises(ValueError, match="tau"):
+        tokencut_torch.tokencut_affinity(torch.from_numpy(feats), tau=1.5)
+    with pytest.raises(ValueError, match="features"):
+        tokencut_torch.tokencut_affinity(torch.from_numpy(feats[0]))
+
+
+@needs_sod
+@pytest.mark.parametrize("max_size", [480, 256], ids=["krylov", "dense"])
+def test_tokencut_oracle_photos_batched_same_as_cpu(max_size):
+    """SOD photos with oracle features (grids above and below the dense solver's 400 nodes),
+    several of one grid in one call, float32, against the CPU path and a dense eigh."""
+    from PIL import Image
+
+    from deepspectral.recipes import decompose, tokencut, tokencut_torch
+
+    names = sorted(path.stem for path in (SOD / "GT").glob("*.png"))[:4]
+    features = []
+    for seed, name in enumerate(names):
+        mask = np.asarray(Image.open(SOD / "GT" / f"{name}.png").convert("L")) > 127
+        features.append(oracle_features(mask, patch_size=16, seed=seed, noise=0.6, max_size=max_size))
+    n = features[0].grid_size[0] * features[0].grid_size[1]
+    assert (n > 400) == (max_size == 480)
+    got = tokencut_torch.decompose_batch(features, dtype=torch.float32)
+    compared = 0
+    for feats, decomposition in zip(features, got):
+        cpu = tokencut.decompose(feats)
+        compared += _tokencut_compare(feats, cpu, decomposition)
+    assert compared >= len(features)
+    assert sum(_seed_is_clear(tokencut.decompose(feats)) for feats in features) >= 3  # boxes compared
+    assert len({feats.grid_size for feats in features}) > 1  # several size groups in one call
+    # an image's result does not depend on its batch; the API's torch backend is the same call
+    alone = decompose(features[2], method="tokencut", eigen_backend="torch")
+    np.testing.assert_allclose(alone.eigenvalues, got[2].eigenvalues, atol=1e-6)
+    assert abs(float(np.sum(alone.eigenvectors[1] * got[2].eigenvectors[1]))) / float(
+        np.linalg.norm(alone.eigenvectors[1]) * np.linalg.norm(got[2].eigenvectors[1])) >= 0.99999  # fmt: skip
+
+
+@needs_coco
+def test_tokencut_random_vit_engine_torch_same_as_cpu(random_weights):
+    """The engine's torch path for --method tokencut (boxes: padded grid; masks: resized),
+    a batch of photos, against the CPU path."""
+    from PIL import Image
+
+    from deepspectral import Backbone
+    from deepspectral.engine import Engine
+
+    paths = sorted(COCO.glob("*.jpg"))[:3]
+    images = [np.asarray(Image.open(path).convert("RGB").resize((400, 300))) for path in paths]
+
+    class Item:
+        def __init__(self, image):
+            self.image = image
+
+        def load_image(self):
+            return self.image
+
+    backbone = Backbone("dino_vits16", weights=random_weights, device="cpu")
+    compared = 0
+    for use in ("boxes", "masks"):
+        results = {}
+        for backend in ("cpu", "torch"):
+            engine = Engine(backbone, method="tokencut", use=use, max_size=None, batch_size=3, eigen_backend=backend,
+                            keep_features=True)  # fmt: skip
+            assert engine.eigen_backend == backend
+            results[backend] = [result.check() for result in engine.run([Item(image) for image in images])]
+        for cpu, got in zip(results["cpu"], results["torch"]):
+            assert _seed_is_clear(cpu.decomposition)  # real features: the boxes and masks are compared
+            compared += _tokencut_compare(cpu.features, cpu.decomposition, got.decomposition)
+    assert compared >= 6
+
+
+def test_tokencut_engine_resolves_backend_and_keys_cache_by_it():
+    from deepspectral.engine import Engine
+
+    class Source:
+        name, weights, block, feature, precision, patch_size = "oracle", None, -1, "k", "fp32", 16
+
+        def __init__(self, device):
+            self.device = device
+
+    assert Engine(Source("cuda:0"), method="tokencut").eigen_backend == "torch"  # auto: torch on a GPU
+    assert Engine(Source("cpu"), method="tokencut").eigen_backend == "cpu"
+    cpu = Engine(Source("cpu"), method="tokencut").decomposition_settings()
+    assert "eigen_backend" not in cpu and cpu["method"] == "tokencut"
+    torch_settings = Engine(Source("cpu"), method="tokencut", eigen_backend="torch").decomposition_settings()
+    assert torch_settings == {**cpu, "eigen_backend": "torch"}
+
+
+def test_cli_runs_tokencut_on_the_torch_backend(tmp_path, random_weights):
+    """--method tokencut --eigen-backend torch (refused before the torch TokenCut existed)."""
+    import json
+
+    from PIL import Image
+
+    from deepspectral.cli import main
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(20, 90, (70, 90, 3), dtype=np.uint8)
+    image[20:50, 30:60] = 220
+    Image.fromarray(image).save(tmp_path / "one.png")
+    runs = {}
+    for backend in ("cpu", "torch"):
+        out = tmp_path / backend
+        args = ["localize", str(tmp_path / "one.png"), "-o", str(out), "--weights", str(random_weights),
+                "--method", "tokencut", "--eigen-backend", backend, "-q"]  # fmt: skip
+        assert main(args) == 0
+        runs[backend] = [record["box_xyxy"] for record in json.loads((out / "boxes.json").read_text())]
+    assert runs["torch"] == runs["cpu"]

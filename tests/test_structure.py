@@ -10,7 +10,7 @@ import deepspectral
 
 PACKAGE = Path(deepspectral.__file__).resolve().parent
 #: Modules that are pure maths on arrays: they may import only each other (and numpy, scipy, numba).
-MATHS = {"geometry", "affinity", "eigen", "eigen_torch", "spectral", "features", "defaults", "_kernels", "bilateral", "recipes.tokencut", "recipes.scores", "recipes.maskcut"}
+MATHS = {"geometry", "affinity", "eigen", "eigen_torch", "spectral", "features", "defaults", "_kernels", "bilateral", "recipes.tokencut", "recipes.tokencut_torch", "recipes.scores", "recipes.maskcut"}
 
 
 def _module_name(path: Path) -> str:

@@ -267,6 +267,11 @@ class ImageResult:
     seconds : dict
         Time spent per stage on this image (``load``, ``features``, ``eigenvectors``); a
         stage read from the cache is absent.
+    backbone : object or None
+        For ``work`` that runs the backbone again (``semseg fit``'s segment crops): the
+        engine's backbone, set by :meth:`Engine.process` (on a Ray cluster, with
+        ``uses_backbone``: the backbone actor's, :mod:`deepspectral.engine_ray`). None
+        elsewhere.
     """
 
     item: object
@@ -275,6 +280,7 @@ class ImageResult:
     decomposition: Decomposition | None = None
     error: BaseException | None = None
     seconds: dict = field(default_factory=dict)
+    backbone: object = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -376,10 +382,6 @@ class Engine:
         self.batch_size = int(batch_size)
         self.workers = int(workers)
         self.eigen_device = str(getattr(backbone, "device", "cpu"))
-        if self.recipe.name != defaults.METHOD:  # the torch eigen-step is the paper's recipe's for now
-            if eigen_backend == "torch":
-                raise ValueError(f"eigen_backend: 'torch' runs method {defaults.METHOD!r} only, got method {method!r}; use 'cpu' or 'auto'")
-            eigen_backend = "cpu"
         self.eigen_backend = resolve_eigen_backend(eigen_backend, self.eigen_device)
         self._weights_id: str | None = None
 
@@ -404,7 +406,10 @@ class Engine:
     def decomposition_settings(self) -> dict:
         """Every setting that changes the decomposition (part of its cache key)."""
         if self.recipe.name != defaults.METHOD:
-            return {**self.feature_settings(), "method": self.recipe.name, **self.method_params}
+            return {
+                **self.feature_settings(), "method": self.recipe.name, **self.method_params,
+                **({"eigen_backend": "torch"} if self.eigen_backend == "torch" else {}),
+            }  # fmt: skip
         return {
             **self.feature_settings(),
             "knn_lambda": self.knn_lambda,
@@ -426,6 +431,7 @@ class Engine:
         verbose: bool = True,
         skip: Callable[[Item], bool] | None = None,
         collect: Callable[[object, object], None] | None = None,
+        uses_backbone: bool = False,
     ) -> RunSummary:
         """Run ``work(result)`` on the :class:`ImageResult` of every item, under
         :func:`run_batch`'s error policy (an image whose decoding, features or
@@ -438,12 +444,14 @@ class Engine:
         in input order, for every image whose ``work`` succeeded. Commands that gather
         records (``localize``'s boxes) do it there rather than in ``work``, so that
         ``work`` can run elsewhere (:class:`deepspectral.engine_ray.RayEngine` runs it in
-        Ray tasks)."""
+        Ray tasks). Work that runs the backbone again (``result.backbone``) says so with
+        ``uses_backbone`` (here it changes nothing; on Ray it runs where the backbone is)."""
         items = list(items)
         todo = [item for item in items if not skip(item)] if skip is not None else items
         results = self.run(todo)
 
         def step(result: ImageResult) -> None:
+            result.backbone = self.backbone
             record = work(result.check())
             if collect is not None:
                 collect(result.item, record)
@@ -610,15 +618,20 @@ class Engine:
         """The torch backend: the decompositions of ``batch`` (``(result, key)`` pairs) in
         one call on the backbone's device; when it fails, each image alone, so that only
         the image at fault fails."""
-        from .eigen_torch import decompose_batch
-
         start = time.perf_counter()
         try:
-            found = decompose_batch(
-                [result.features for result, _ in batch], [result.image for result, _ in batch],
-                knn_lambda=self.knn_lambda, n_eigenvectors=self.n_eigenvectors, knn_kernel=self.knn_kernel,
-                device=self.eigen_device,
-            )  # fmt: skip
+            if self.recipe.name == "tokencut":
+                from .recipes.tokencut_torch import decompose_batch as decompose_tokencut
+
+                found = decompose_tokencut([result.features for result, _ in batch], device=self.eigen_device, **self.method_params)
+            else:
+                from .eigen_torch import decompose_batch
+
+                found = decompose_batch(
+                    [result.features for result, _ in batch], [result.image for result, _ in batch],
+                    knn_lambda=self.knn_lambda, n_eigenvectors=self.n_eigenvectors, knn_kernel=self.knn_kernel,
+                    device=self.eigen_device,
+                )  # fmt: skip
         except PER_IMAGE_ERRORS as error:
             if len(batch) == 1:
                 batch[0][0].error = error

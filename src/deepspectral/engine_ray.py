@@ -16,6 +16,11 @@ command line)::
     progress bar, collect(item, record),
     summary, OUT/errors.json (run_batch)
 
+  Work that runs the backbone again (``uses_backbone``: ``semseg fit``'s segment crops,
+  through ``result.backbone``) runs on the actors instead, the eigen-step too (on the GPU
+  with the torch eigen-step, batched as in a local run): no image task then, and on CPUs
+  ``--ray-actors`` is the number of images processed at once.
+
 - **Same outputs.** A batch is the same ``batch_size`` slice of the items as in a local run
   and goes through :meth:`Engine._prepare` and :meth:`Engine._decompose`, the local engine's
   own steps. The eigen-step's BLAS runs with the thread count a local run would use
@@ -141,9 +146,11 @@ class RayEngine:
         verbose: bool = True,
         skip: Callable[[object], bool] | None = None,
         collect: Callable[[object, object], None] | None = None,
+        uses_backbone: bool = False,
     ) -> RunSummary:
         """As :meth:`Engine.process`, with ``work`` run in Ray tasks (it must be picklable
-        and write its outputs where the driver can read them: a shared file system)."""
+        and write its outputs where the driver can read them: a shared file system), or,
+        with ``uses_backbone``, on the backbone actors (``result.backbone`` is theirs)."""
         ray = require_ray()
         everything = list(items)
         items = [item for item in everything if not skip(item)] if skip is not None else everything
@@ -160,7 +167,7 @@ class RayEngine:
                 where = "start a local Ray" if self.address is None else f"join the Ray cluster at {self.address!r}"
                 raise SetupError(f"cannot {where}: {error}") from None
         try:
-            pipeline = _Pipeline(ray, self, items, work)
+            pipeline = _Pipeline(ray, self, items, work, on_actors=uses_backbone)
             try:
 
                 def step(item) -> None:
@@ -189,17 +196,23 @@ class RayEngine:
             raise SetupError(f"device: {self.device!r} asked for, but the Ray cluster has no GPU")
         return gpus > 0
 
-    def _start_actors(self, ray) -> tuple[list, int]:
-        """The backbone actors, and the number of eigen tasks that can run at once."""
+    def _start_actors(self, ray, *, on_actors: bool = False) -> tuple[list, int]:
+        """The backbone actors, and the number of eigen tasks that can run at once (none
+        needed when the work runs ``on_actors``)."""
         gpu = self._uses_gpu(ray)
         cpus = int(ray.cluster_resources().get("CPU", 0))
         count = self.actors or (int(ray.cluster_resources().get("GPU", 0)) if gpu else 1)
         if gpu and count > int(ray.cluster_resources().get("GPU", 0)):
             raise SetupError(f"actors: {count} backbone actors asked for on GPUs, the Ray cluster has fewer GPUs")
-        if not gpu and cpus - count * ACTOR_CPUS < 1:
+        if not gpu and not on_actors and cpus - count * ACTOR_CPUS < 1:
             raise SetupError(
                 f"actors: {count} backbone actor(s) on the CPU take {count * ACTOR_CPUS} of the cluster's "
                 f"{cpus} CPUs and leave none for the eigen-step; use fewer actors or more CPUs"
+            )
+        if not gpu and on_actors and count * ACTOR_CPUS > cpus:
+            raise SetupError(
+                f"actors: {count} backbone actor(s) on the CPU need {count * ACTOR_CPUS} CPUs, the Ray "
+                f"cluster has {cpus}; use fewer actors or more CPUs"
             )
         factory = _backbone_factory(self.engine.backbone, "cuda" if gpu else "cpu")
         shell = _engine_shell(self.engine)
@@ -222,12 +235,13 @@ class _Pipeline:
     """Submits batches to the actors and image tasks ahead of the driver, at most a
     window of images in flight, and hands back each image's record in input order."""
 
-    def __init__(self, ray, owner: RayEngine, items: list, work) -> None:
+    def __init__(self, ray, owner: RayEngine, items: list, work, *, on_actors: bool = False) -> None:
         self.ray = ray
         self.owner = owner
         self.items = items
+        self.on_actors = on_actors
         engine = owner.engine
-        actors, slots = owner._start_actors(ray)
+        actors, slots = owner._start_actors(ray, on_actors=on_actors)
         self.actors = itertools.cycle(actors)
         shell = ray.put(_engine_shell(engine))
         work_ref = ray.put(work)
@@ -235,7 +249,7 @@ class _Pipeline:
         self.finish = ray.remote(_finish_image).options(num_cpus=1, max_retries=TASK_MAX_RETRIES)
         self.task_args = (shell, work_ref, blas_threads)
         self.batch_size = engine.batch_size
-        self.window = engine.batch_size * len(actors) * (1 + ACTOR_QUEUE) + 2 * slots
+        self.window = engine.batch_size * len(actors) * (1 + ACTOR_QUEUE) + (0 if on_actors else 2 * slots)
         self.starts = iter(range(0, len(items), engine.batch_size))
         self.pending: deque = deque()  # one ObjectRef per submitted image, in input order
 
@@ -245,6 +259,10 @@ class _Pipeline:
             return False
         batch = self.items[start : start + self.batch_size]
         actor = next(self.actors)
+        if self.on_actors:  # (ok, record or error) per image, from the actor itself
+            done = actor.process.options(num_returns=len(batch)).remote(batch, *self.task_args[1:])
+            self.pending.extend([done] if len(batch) == 1 else done)
+            return True
         prepared = actor.prepare.options(num_returns=len(batch)).remote(batch)
         if len(batch) == 1:
             prepared = [prepared]
@@ -327,6 +345,20 @@ class _BackboneActor:
         out = [(result, key, result.error is None and engine._needs_decomposition(result)) for result, key in engine._prepare(items)]
         return out if len(out) != 1 else out[0]
 
+    def process(self, items: list, work, blas_threads: int):
+        """``(ok, record or error)`` per item: :meth:`prepare`, the eigen-step and ``work``
+        on this actor (``result.backbone`` is its backbone), as in a local run."""
+        engine = self.engine
+        prepared = [(result, key, result.error is None and engine._needs_decomposition(result))
+                    for result, key in engine._prepare(items)]  # fmt: skip
+        if engine.eigen_backend == "torch":  # the batch's images of one size together, as Engine.run
+            together = [(result, key) for result, key, needed in prepared if needed]
+            if together:
+                engine._decompose_together(together)
+            prepared = [(result, key, False) for result, key, _ in prepared]
+        out = [_finish_image(entry, engine, work, blas_threads, backbone=engine.backbone) for entry in prepared]
+        return out if len(out) != 1 else out[0]
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -344,9 +376,10 @@ def _set_blas_threads(threads: int) -> None:
     _BLAS_THREADS["current"] = threads
 
 
-def _finish_image(prepared, shell: Engine, work, blas_threads: int):
+def _finish_image(prepared, shell: Engine, work, blas_threads: int, *, backbone=None):
     """The eigen-step (when needed) and ``work`` of one image: ``(True, record)``, or
-    ``(False, error)`` for a per-image error; a fatal error raises."""
+    ``(False, error)`` for a per-image error; a fatal error raises. ``work`` sees
+    ``backbone`` as ``result.backbone``."""
     from .files import recording_writes, remove_files
 
     result, eig_key, needed = prepared
@@ -357,6 +390,7 @@ def _finish_image(prepared, shell: Engine, work, blas_threads: int):
                 _set_blas_threads(blas_threads or os.cpu_count() or 1)
                 shell._decompose(result, eig_key)
                 result.check()
+            result.backbone = backbone
             return True, work(result)
         except FATAL_ERRORS:
             raise

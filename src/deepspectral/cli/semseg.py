@@ -17,11 +17,14 @@ from pathlib import Path
 from .common import EXIT_INTERRUPTED, EXIT_OK, UsageError, batch_status, report_error
 from .options import (
     add_backbone,
+    add_cluster,
     add_decomposition,
     add_engine,
     add_inputs,
     backbone_from_args,
+    check_cluster_args,
     check_weights_and_out,
+    cluster_engine_from_args,
     device_type,
     store_from_args,
     inputs_from_args,
@@ -67,6 +70,7 @@ def register(commands, formatter) -> None:
     # 16 = the constant eigenvector + the 15 the per-image k-means uses (supplement)
     add_decomposition(fit, n_eigenvectors=semantic.EIGENVECTORS + 1)
     add_engine(fit)
+    add_cluster(fit)
     group = fit.add_argument_group("semantic segmentation")
     group.add_argument("--method", choices=semantic.METHODS, default="spectral",
                        help="spectral: the paper's method; cluster-patch / cluster-seg: the baselines of Table 4 "
@@ -142,6 +146,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     from ..tasks import semantic
 
     check_weights_and_out(args)
+    check_cluster_args(args)
     try:
         settings = semantic.SemanticSettings(
             method=args.method, segments=args.segments, adaptive_segments=args.adaptive_segments,
@@ -161,6 +166,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         lambda: semantic.fit(
             inputs, args.out, source=backbone, settings=settings, store=store, batch_size=args.batch_size,
             workers=args.workers, verbose=not args.quiet, figure=args.figure, eigen_backend=args.eigen_backend,
+            runner=lambda engine: cluster_engine_from_args(args, engine),
         )
     )
 

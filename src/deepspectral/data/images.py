@@ -1,9 +1,19 @@
 """Reading image files robustly (:func:`load_image`) and expanding command-line inputs
-(:func:`collect_inputs`) into :class:`InputImage` items."""
+(:func:`collect_inputs`) into :class:`InputImage` items.
+
+Inputs may also be fsspec URLs (``s3://bucket/photos/``, ``gs://...``, ``https://...``,
+``file:///data/x.jpg``, ``memory://...``; :func:`is_url`): files, folders and ``.txt``
+lists are read through `fsspec <https://filesystem-spec.readthedocs.io>`_
+(``pip install "deepspectral[cloud]"``, plus the protocol's own package, e.g. ``s3fs``,
+``gcsfs``). Local paths are read as before, without fsspec.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import posixpath
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -13,6 +23,7 @@ import numpy as np
 from .. import defaults
 
 __all__ = [
+    "is_url",
     "load_image",
     "ImageLoadError",
     "InputImage",
@@ -44,6 +55,48 @@ IMAGE_EXTENSIONS = frozenset(
 
 #: Suffix of a text file listing image paths (one a line) for :func:`collect_inputs`.
 LIST_SUFFIX = ".txt"
+#: A URL: a scheme (RFC 3986: a letter, then letters, digits, ``+ - .``) and ``://``.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_FSSPEC_HINT = 'inputs given as URLs are read with fsspec: pip install "deepspectral[cloud]"'
+
+
+def is_url(path) -> bool:
+    """Whether ``path`` is a URL string (``scheme://...``) rather than a local path."""
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def _filesystem(url: str):
+    """``(fsspec file system, path inside it)`` of ``url``; ``ValueError`` naming what to
+    install when fsspec or the protocol's package is missing, or the protocol is unknown."""
+    try:
+        import fsspec
+    except ImportError:
+        raise ValueError(f"inputs: '{url}': {_FSSPEC_HINT}") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as error:  # e.g. "Install s3fs to access S3"
+        raise ValueError(f"inputs: cannot open '{url}': {error}") from None
+
+
+def _read_url(url: str) -> bytes:
+    """The bytes of the file at ``url``; :class:`ImageLoadError` as for a local file."""
+    try:
+        fs, path = _filesystem(url)
+    except ValueError as error:
+        raise ImageLoadError(url, str(error).split(": ", 1)[-1]) from None
+    try:
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise ImageLoadError(url, "not a regular file (a folder?); give an image file")
+        if info.get("size") == 0:
+            raise ImageLoadError(url, "the file is empty (0 bytes); re-copy or re-export it, or leave it out")
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise ImageLoadError(url, "no such file; check the URL") from None
+    except PermissionError as error:
+        raise ImageLoadError(url, f"permission denied ({error}); check the credentials") from None
+    except OSError as error:
+        raise ImageLoadError(url, f"cannot read it ({error})") from None
 
 
 class ImageLoadError(ValueError):
@@ -58,7 +111,7 @@ class ImageLoadError(ValueError):
     """
 
     def __init__(self, path, reason: str) -> None:
-        self.path = Path(path)
+        self.path = path if is_url(path) else Path(path)
         self.reason = str(reason)
         super().__init__(f"cannot load image '{self.path}': {self.reason}")
 
@@ -140,8 +193,9 @@ def load_image(path) -> np.ndarray:
     Parameters
     ----------
     path : str or os.PathLike
-        A JPEG, PNG, WebP, AVIF, BMP, TIFF, GIF, PNM, JPEG 2000, QOI, SGI, PCX or ICO file.
-        The format is read from the content, not from the extension.
+        A JPEG, PNG, WebP, AVIF, BMP, TIFF, GIF, PNM, JPEG 2000, QOI, SGI, PCX or ICO file,
+        or its fsspec URL (:func:`is_url`; read whole, then decoded alike). The format is
+        read from the content, not from the extension.
 
     Returns
     -------
@@ -160,19 +214,22 @@ def load_image(path) -> np.ndarray:
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(path, "no such file; check the path")
-    if not path.is_file():
-        raise ImageLoadError(path, "not a regular file (a folder?); give an image file")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(path, "the file is empty (0 bytes); re-copy or re-export it, or leave it out")
+    if is_url(path):
+        source = io.BytesIO(_read_url(path))
+    else:
+        path = source = Path(path)
+        if not path.exists():
+            raise ImageLoadError(path, "no such file; check the path")
+        if not path.is_file():
+            raise ImageLoadError(path, "not a regular file (a folder?); give an image file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(path, "the file is empty (0 bytes); re-copy or re-export it, or leave it out")
     limit = int(defaults.MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             # PIL warns from its own (lower) pixel limit; ours is applied just below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            handle = Image.open(path, formats=_open_formats())
+            handle = Image.open(source, formats=_open_formats())
         with handle as image:
             width, height = image.size
             if width * height > limit:
@@ -224,15 +281,16 @@ class InputImage:
 
     Attributes
     ----------
-    path : pathlib.Path
-        The image file (as given, or resolved against a list file's folder).
+    path : pathlib.Path or str
+        The image file (as given, or resolved against a list file's folder), or its URL
+        (a ``str``, :func:`is_url`).
     relative : pathlib.PurePosixPath
         Output name without extension, relative to the output folder: the image's path
         relative to the folder it was found in (``a/x`` for ``folder/a/x.jpg``), or its
         stem for a file given directly or by a list file.
     """
 
-    path: Path
+    path: Path | str
     relative: PurePosixPath
 
     @property
@@ -266,9 +324,9 @@ def _scan_folder(folder: Path) -> list[tuple[Path, PurePosixPath]]:
     return found
 
 
-def _read_list(list_file: Path) -> list[tuple[Path, PurePosixPath]]:
+def _read_list(list_file: Path) -> list[tuple[Path | str, PurePosixPath]]:
     """Entries of a ``.txt`` list: one path a line, blank lines and ``#`` comments skipped,
-    relative paths resolved against the list's folder. An entry may be a folder."""
+    relative paths resolved against the list's folder. An entry may be a folder or a URL."""
     try:
         lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -278,6 +336,9 @@ def _read_list(list_file: Path) -> list[tuple[Path, PurePosixPath]]:
     for number, line in enumerate(lines, start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
+            continue
+        if is_url(entry):
+            found.extend(_collect_url(entry, where=f"line {number} of '{list_file}'"))
             continue
         path = Path(entry).expanduser()
         if not path.is_absolute():
@@ -294,6 +355,50 @@ def _read_list(list_file: Path) -> list[tuple[Path, PurePosixPath]]:
         if ".." in relative.parts:
             relative = PurePosixPath(path.stem)
         found.append((path, relative))
+    return found
+
+
+def _scan_url_folder(fs, root: str) -> list[tuple[str, PurePosixPath]]:
+    """As :func:`_scan_folder`, for a folder of an fsspec file system (URLs returned)."""
+    found = []
+    for path in fs.find(root):
+        relative = PurePosixPath(posixpath.relpath(path, root))
+        if any(part.startswith(".") for part in relative.parts) or not _is_image_name(Path(relative.name)):
+            continue
+        found.append((fs.unstrip_protocol(path), relative.with_suffix("")))
+    found.sort(key=lambda item: (item[1].parts, PurePosixPath(item[0]).name))
+    return found
+
+
+def _collect_url(url: str, *, where: str | None = None) -> list[tuple[str, PurePosixPath]]:
+    """Entries of a URL argument: a file, a folder (scanned) or a ``.txt`` list (entries
+    URLs, or paths relative to the list's folder). ``where`` names the list line that
+    gave ``url`` in messages."""
+    fs, path = _filesystem(url)
+    given = f"'{url}'" + (f" ({where})" if where else "")
+    try:
+        if fs.isdir(path):
+            return _scan_url_folder(fs, path)
+        if not fs.exists(path):
+            raise ValueError(f"inputs: {given} does not exist (expected an image, a folder or a .txt list)")
+        if PurePosixPath(path).suffix.lower() != LIST_SUFFIX:
+            return [(fs.unstrip_protocol(path), PurePosixPath(PurePosixPath(path).stem))]
+        text = fs.cat_file(path).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"inputs: cannot read {given}: {error}") from None
+    base = posixpath.dirname(fs.unstrip_protocol(path))
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        target = entry if is_url(entry) else posixpath.join(base, entry)
+        for item, relative in _collect_url(target, where=f"line {number} of '{url}'"):
+            if not is_url(entry) and PurePosixPath(entry).suffix:  # a file: its path in the list
+                relative = PurePosixPath(posixpath.normpath(entry)).with_suffix("")
+                if ".." in relative.parts or relative.is_absolute():
+                    relative = PurePosixPath(relative.name)
+            found.append((item, relative))
     return found
 
 
@@ -316,7 +421,8 @@ def collect_inputs(paths) -> list[InputImage]:
         recursively for files with an image extension, case-insensitive, in sorted order;
         hidden files and folders skipped) and ``.txt`` files listing paths one a line
         (relative paths are relative to the list's folder; blank lines and lines starting
-        with ``#`` are skipped; entries may be files or folders).
+        with ``#`` are skipped; entries may be files or folders). Each may be an fsspec
+        URL (:func:`is_url`; a URL list's entries are URLs or relative to its folder).
 
     Returns
     -------
@@ -333,8 +439,11 @@ def collect_inputs(paths) -> list[InputImage]:
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    entries: list[tuple[Path, PurePosixPath]] = []
+    entries: list[tuple[Path | str, PurePosixPath]] = []
     for argument in paths:
+        if is_url(argument):
+            entries.extend(_collect_url(argument))
+            continue
         path = Path(argument).expanduser()
         if not path.exists():
             raise ValueError(f"inputs: '{argument}' does not exist (expected an image, a folder or a .txt list)")
@@ -349,12 +458,12 @@ def collect_inputs(paths) -> list[InputImage]:
             f"inputs: no images found in {[str(p) for p in paths]} (image extensions: "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    seen_files: set[Path] = set()
+    seen_files: set = set()
     originals = {relative.as_posix().casefold() for _, relative in entries}
     taken: set[str] = set()
     result = []
     for path, relative in entries:
-        key = path.resolve()
+        key = path if is_url(path) else path.resolve()
         if key in seen_files:
             continue
         seen_files.add(key)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import defaults
+from ..features import PatchFeatures
 from . import dsm, tokencut
 
 __all__ = ["Recipe", "METHODS", "get_recipe", "method_of", "decompose"]
@@ -103,7 +104,10 @@ def method_of(decomposition) -> str:
     return str(decomposition.settings.get("method", dsm.NAME))
 
 
-def decompose(features, image=None, *, method: str = defaults.METHOD, **params):
+def decompose(
+    features, image=None, *, method: str = defaults.METHOD, eigen_backend: str = defaults.EIGEN_BACKEND, device=None,
+    **params,
+):
     """Decompose one image with the recipe ``method`` (``deepspectral.decompose``).
 
     Parameters
@@ -116,6 +120,13 @@ def decompose(features, image=None, *, method: str = defaults.METHOD, **params):
         The original image (the paper's recipe needs it for its colour affinity).
     method : str, default "dsm"
         A name of :data:`METHODS`.
+    eigen_backend : {"auto", "cpu", "torch"}, default "auto"
+        Where the graph and the eigensolver run: the CPU path (numpy / numba / scipy) or
+        torch on ``device`` (:mod:`deepspectral.eigen_torch`,
+        :mod:`deepspectral.recipes.tokencut_torch`); ``"auto"``: torch when ``device`` is
+        a CUDA device.
+    device : str or torch.device, optional
+        Where the torch backend runs (the backbone's device; default the CPU).
     **params
         The recipe's parameters (dsm: ``knn_lambda``, ``n_eigenvectors``, ``knn_kernel``;
         tokencut: ``tau``, ``eps``); an unknown one raises ``ValueError``.
@@ -124,5 +135,17 @@ def decompose(features, image=None, *, method: str = defaults.METHOD, **params):
     -------
     Decomposition
     """
+    from ..spectral import resolve_eigen_backend
+
     recipe = get_recipe(method)
-    return recipe.decompose(features, image, **recipe.resolve(params))
+    params = recipe.resolve(params)
+    backend = resolve_eigen_backend(eigen_backend, device)
+    if recipe.name == dsm.NAME:
+        return dsm.decompose(features, image, eigen_backend=backend, device=device, **params)
+    if backend == "torch":
+        from .tokencut_torch import decompose_batch
+
+        if not isinstance(features, PatchFeatures):
+            raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
+        return decompose_batch([features], device=device or "cpu", **params)[0]
+    return recipe.decompose(features, image, **params)

@@ -12,6 +12,7 @@ Stages of :func:`fit`::
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,6 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ... import defaults
+from ...data.images import is_url
 from .clustering import assign_clusters, cluster_features
 from .rundir import (
     CENTROIDS_FILE,
@@ -126,6 +128,7 @@ def fit(
     verbose: bool = True,
     figure: bool = True,
     eigen_backend: str = defaults.EIGEN_BACKEND,
+    runner=None,
 ) -> FitResult:
     """Fit the semantic segmentation of a dataset and write the run folder.
 
@@ -154,6 +157,11 @@ def fit(
         Write ``clusters.jpg``.
     eigen_backend : {"auto", "cpu", "torch"}
         As in :class:`deepspectral.engine.Engine`.
+    runner : callable, optional
+        Called with the :class:`deepspectral.engine.Engine` of the per-image stage, returns
+        what runs it (same outputs), e.g. ``lambda engine: RayEngine(engine, address="auto")``
+        for a Ray cluster (:mod:`deepspectral.engine_ray`; the run folder must be on a file
+        system the cluster's nodes share). Default: the engine itself, on this process.
 
     Returns
     -------
@@ -175,6 +183,8 @@ def fit(
         decompose=settings.method == "spectral", store=store, batch_size=batch_size, workers=workers,
         eigen_backend=eigen_backend,
     )  # fmt: skip
+    if runner is not None:
+        engine = runner(engine)
     counts, failed, computed = _segment_images(items, run_dir, engine, settings, timer, verbose=verbose)
     done = [item for item in items if item.name in counts]
     total = sum(counts.values())
@@ -252,20 +262,15 @@ def _segment_images(items: list, run_dir: Path, engine, settings: SemanticSettin
         else:
             counts[item.name] = int(cached.segment_ids.size)
 
-    def work(result) -> None:
-        for stage, seconds in result.seconds.items():
+    def collect(item, record: dict) -> None:
+        for stage, seconds in record["seconds"].items():
             timer.seconds[stage] = timer.seconds.get(stage, 0.0) + seconds
-        segments = segments_of(
-            result.image, features=result.features, decomposition=result.decomposition, source=engine.backbone,
-            settings=settings, timer=timer,
-        )  # fmt: skip
-        start = time.perf_counter()
-        segments.save(segments_path(run_dir, result.item.relative), key=key)
-        timer.add("save", start)
-        counts[result.item.name] = int(segments.segment_ids.size)
+        counts[item.name] = record["segments"]
 
+    work = functools.partial(_segment_work, run_dir=run_dir, settings=settings, key=key)
     try:
-        summary = engine.process(todo, work, out_dir=run_dir, desc="semseg fit: segments", verbose=verbose)
+        summary = engine.process(todo, work, out_dir=run_dir, desc="semseg fit: segments", verbose=verbose,
+                                 collect=collect, uses_backbone=settings.method == "spectral")  # fmt: skip
     except KeyboardInterrupt:  # keep what the interrupted run measured; the segments are saved
         atomic_write_json(run_dir / PARTIAL_FILE, {
             "images_computed": len(counts) - (len(items) - len(todo)),
@@ -274,6 +279,21 @@ def _segment_images(items: list, run_dir: Path, engine, settings: SemanticSettin
         })
         raise
     return counts, summary.failed, summary.done
+
+
+def _segment_work(result, *, run_dir: Path, settings: SemanticSettings, key: str) -> dict:
+    """Stage 1 for one image (on this process, or in a Ray task with ``--engine ray``):
+    its segments, saved in the run folder. Returns its record: the number of segments and
+    the seconds per stage (the engine's, then those of :func:`.segments.segments_of`)."""
+    timer = StageTimer(dict(result.seconds))
+    segments = segments_of(
+        result.image, features=result.features, decomposition=result.decomposition, source=result.backbone,
+        settings=settings, timer=timer,
+    )  # fmt: skip
+    start = time.perf_counter()
+    segments.save(segments_path(run_dir, result.item.relative), key=key)
+    timer.add("save", start)
+    return {"segments": int(segments.segment_ids.size), "seconds": timer.seconds}
 
 
 def _write_labels(done: list, run_dir: Path, centroids: np.ndarray, counts: dict[str, int], *,
@@ -290,7 +310,7 @@ def _write_labels(done: list, run_dir: Path, centroids: np.ndarray, counts: dict
         save_label_png(label_path, labels.astype(np.uint8))
         records.append({
             "image": item.name,
-            "file": str(Path(item.path).resolve()),
+            "file": item.path if is_url(item.path) else str(Path(item.path).resolve()),
             "labels": label_path.relative_to(run_dir).as_posix(),
             "segments": counts[item.name],
         })
