@@ -22,7 +22,6 @@ image.
 from __future__ import annotations
 
 import importlib.util
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -20,7 +20,7 @@ from deepspectral.features import PatchFeatures
 from deepspectral.geometry import FITS, ImageGeometry, resize_nearest
 from deepspectral.recipes import METHODS, decompose, get_recipe, method_of, tokencut
 from deepspectral.store import Store, load_decomposition
-from deepspectral.tasks.localize import detect, localize
+from deepspectral.tasks.localize import localize
 from deepspectral.tasks.segment import resolve_refine, segment_object
 
 from oracle import iou, oracle_features  # noqa: E402

@@ -40,7 +40,7 @@ from .options import (
 )
 from .resume import add_overwrite, finished_outputs
 
-__all__ = ["register", "INSTANCES_FILE", "RECORDS_DIR", "max_objects_type", "PALETTE"]
+__all__ = ["register", "check_cut_args", "INSTANCES_FILE", "RECORDS_DIR", "max_objects_type", "PALETTE"]
 
 #: The COCO file of the whole run, in the output folder.
 INSTANCES_FILE = "instances.json"
@@ -139,12 +139,18 @@ def register(commands, formatter) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     """Refuse what does not apply, in one line, before any work."""
-    from ..recipes.tokencut import check_parameters
-
     if args.method not in APPLIES_TO:
         raise UsageError(
             f"--method {args.method}: does not apply to discover (MaskCut repeats TokenCut's cut; use --method tokencut)"
         )
+    check_cut_args(args)
+
+
+def check_cut_args(args: argparse.Namespace) -> None:
+    """``--tau``, ``--eps`` and ``--min-score`` of the cuts (``discover`` and ``eval
+    discovery``), refused in one line (:class:`UsageError`)."""
+    from ..recipes.tokencut import check_parameters
+
     try:
         check_parameters(tau=args.tau, eps=args.eps)
     except ValueError as error:

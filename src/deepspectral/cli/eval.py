@@ -536,15 +536,9 @@ def _run_discovery(args: argparse.Namespace) -> int:
 
 def _check_discovery_args(args: argparse.Namespace) -> None:
     """The discovery's settings, refused in one line (:class:`UsageError`) before any work."""
-    from ..recipes.tokencut import check_parameters
+    from .discover import check_cut_args
 
-    try:
-        check_parameters(tau=args.tau, eps=args.eps)
-    except ValueError as error:
-        name, _, message = str(error).partition(": ")
-        raise UsageError(f"--{name}: {message}") from None
-    if args.min_score is not None and args.min_score > 1:
-        raise UsageError(f"--min-score: expected a number in [0, 1], got {args.min_score!r}")
+    check_cut_args(args)
     if args.refine == "crf":
         require_crf()
 
