@@ -46,6 +46,7 @@ __all__ = [
     "NAME",
     "N_EIGENVECTORS",
     "check_parameters",
+    "decomposition_from_eigenpairs",
     "tokencut_affinity",
     "second_eigenvector",
     "bipartition",
@@ -204,10 +205,18 @@ def decompose(
     if not isinstance(features, PatchFeatures):
         raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
     check_parameters(tau=tau, eps=eps)
-    grid = features.grid_size
     affinity = tokencut_affinity(features.features, tau=tau, eps=eps)
     eigenvalues, eigenvectors = second_eigenvector(affinity)
-    eigenvectors = eigenvectors.reshape(-1, *grid)
+    return decomposition_from_eigenpairs(features, eigenvalues, eigenvectors, tau=tau, eps=eps)
+
+
+def decomposition_from_eigenpairs(
+    features: PatchFeatures, eigenvalues: np.ndarray, eigenvectors: np.ndarray, *, tau: float, eps: float, **settings
+) -> Decomposition:
+    """The :class:`Decomposition` of TokenCut's eigenpairs ``(K,)`` / ``(K, h·w)`` of
+    ``features``' grid (any eigensolver): the second eigenvector oriented by
+    :func:`bipartition`, the settings recorded (``settings`` adds entries)."""
+    eigenvectors = eigenvectors.reshape(-1, *features.grid_size)
     if len(eigenvectors) > 1:
         _, _, eigenvectors[1] = bipartition(eigenvectors[1])
     settings = {
@@ -217,9 +226,10 @@ def decompose(
         "feature": features.feature,
         "tau": float(tau),
         "eps": float(eps),
+        **settings,
     }
     return Decomposition(
-        eigenvalues=eigenvalues,
+        eigenvalues=np.ascontiguousarray(eigenvalues),
         eigenvectors=np.ascontiguousarray(eigenvectors, dtype=np.float32),
         image_size=tuple(features.image_size),
         input_size=tuple(features.input_size),

@@ -35,7 +35,7 @@ from .. import defaults
 from ..eigen_torch import BATCH_BYTES, laplacian_eigenvectors
 from ..features import PatchFeatures
 from ..spectral import Decomposition
-from .tokencut import N_EIGENVECTORS, NAME, _NORM_FLOOR, bipartition, check_parameters
+from .tokencut import N_EIGENVECTORS, _NORM_FLOOR, check_parameters, decomposition_from_eigenpairs
 
 __all__ = ["tokencut_affinity", "second_eigenvector", "decompose_batch"]
 
@@ -142,34 +142,13 @@ def decompose_batch(
 
 def _decompose_group(features: list, tau: float, eps: float, device, dtype) -> list[Decomposition]:
     """Decompositions of images of one patch grid, as one batch."""
-    grid = features[0].grid_size
     stacked = np.stack([np.asarray(feats.features, dtype=np.float32).reshape(-1, feats.features.shape[-1]) for feats in features])
     with torch.no_grad():
         affinity = tokencut_affinity(torch.from_numpy(stacked).to(device=device, dtype=dtype), tau=tau, eps=eps)
         eigenvalues, eigenvectors = second_eigenvector(affinity)
-    decompositions = []
-    for feats, values, vectors in zip(features, eigenvalues, eigenvectors):
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, *grid)
-        if len(vectors) > 1:
-            _, _, vectors[1] = bipartition(vectors[1])
-        settings = {
-            "method": NAME,
-            "backbone": feats.backbone,
-            "block": feats.block,
-            "feature": feats.feature,
-            "tau": float(tau),
-            "eps": float(eps),
-            "eigen_backend": "torch",
-        }
-        decompositions.append(
-            Decomposition(
-                eigenvalues=np.ascontiguousarray(values),
-                eigenvectors=vectors,
-                image_size=tuple(feats.image_size),
-                input_size=tuple(feats.input_size),
-                crop_size=tuple(feats.crop_size),
-                patch_size=feats.patch_size,
-                settings=settings,
-            )
+    return [
+        decomposition_from_eigenpairs(
+            feats, values, np.ascontiguousarray(vectors, dtype=np.float32), tau=tau, eps=eps, eigen_backend="torch"
         )
-    return decompositions
+        for feats, values, vectors in zip(features, eigenvalues, eigenvectors)
+    ]
