@@ -111,8 +111,10 @@ def single_threaded_blas():
     with ``workers > 1`` holds it for the whole run): each eigensolver's BLAS calls are
     memory-bound matrix-vector products, and a second BLAS thread per image, spinning
     between calls, takes the core that another image's eigen-step or the backbone needs.
-    Hold it over a whole run rather than per image: switching OpenBLAS's thread count
-    back and forth costs more than it saves. The limit is reference-counted, so
+    For the paper's recipe hold it over a whole run rather than per image: its eigen-step
+    is slower with one thread. The binary-graph recipes take it per image on small graphs
+    (:func:`deepspectral.recipes.tokencut.one_blas_thread_for`), where two BLAS pools
+    (numpy's and scipy's) would otherwise spin against each other. The limit is reference-counted, so
     concurrent users never see it lifted midway, and the caller's setting is restored
     when the last one leaves.
     """

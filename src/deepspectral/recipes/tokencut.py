@@ -30,17 +30,25 @@ How the image meets the grid is not part of the maths but decides parity (see
 bottom / right to a multiple of P (``fit="pad"``), for its saliency masks it resizes the
 image (Lanczos) to the nearest multiple (``fit="resize"``).
 
+**Threads.** Graph and eigensolver of up to :data:`ONE_BLAS_THREAD_MAX_NODES` patches run
+with one BLAS thread (:func:`one_blas_thread_for`). numpy and scipy each bring their own
+OpenBLAS, each with its own pool of spinning threads: the Gram matrix (numpy's) followed by
+the Lanczos products (scipy's) put four busy threads on two cores, and a 651-node graph took
+7-8 ms instead of 5-6.
+
 This module is maths: arrays in, arrays out (numpy, scipy and the package's eigensolver).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
 from .. import defaults
 from ..eigen import laplacian_eigenvectors
 from ..features import PatchFeatures
-from ..spectral import Decomposition
+from ..spectral import Decomposition, single_threaded_blas
 
 __all__ = [
     "NAME",
@@ -52,6 +60,8 @@ __all__ = [
     "bipartition",
     "seed_component",
     "decompose",
+    "ONE_BLAS_THREAD_MAX_NODES",
+    "one_blas_thread_for",
     "foreground",
     "box_on_grid",
     "box",
@@ -63,6 +73,14 @@ NAME = "tokencut"
 #: Eigenpairs kept: the constant one, the second (the cut) and the third (whose eigenvalue
 #: the score compares with the second's, see :mod:`deepspectral.recipes.scores`).
 N_EIGENVECTORS = 3
+#: Binary graphs of up to this many patches are built and solved with one BLAS thread
+#: (:func:`one_blas_thread_for`). Measured on the 2-vCPU build machine, graph + eigenpairs
+#: (+ box) of a random-weight ViT-S/16's keys, best / median of 5-30 runs, default two
+#: threads against one: TokenCut at 405 / 920 / 1,620 / 2,025 / 3,600 patches 7.6 / 14.1 /
+#: 38.6 / 63.0 / 214.5 ms against 4.8 / 9.3 / 29.1 / 53.3 / 153.0; MaskCut's three cuts at
+#: 900 / 1,600 / 3,600 patches 23.7 / 78.4 / 303.0 against 16.9 / 63.5 / 285.9. The
+#: paper's recipe (larger graphs, numba kernels) is slower with one thread and keeps both.
+ONE_BLAS_THREAD_MAX_NODES = 4096
 #: Floor of the feature norm in the L2 normalisation (``torch.nn.functional.normalize``'s).
 _NORM_FLOOR = 1e-12
 
@@ -105,6 +123,13 @@ def tokencut_affinity(
     affinity = (f @ f.T > np.float32(tau)).astype(np.float32)
     np.maximum(affinity, np.float32(eps), out=affinity)
     return affinity
+
+
+def one_blas_thread_for(n_nodes: int):
+    """Context for building and solving a binary graph of ``n_nodes`` patches: one BLAS
+    thread up to :data:`ONE_BLAS_THREAD_MAX_NODES` nodes (:func:`deepspectral.spectral.single_threaded_blas`),
+    the caller's setting above."""
+    return single_threaded_blas() if n_nodes <= ONE_BLAS_THREAD_MAX_NODES else contextlib.nullcontext()
 
 
 def second_eigenvector(affinity: np.ndarray, n_eigenvectors: int = N_EIGENVECTORS) -> tuple[np.ndarray, np.ndarray]:
@@ -205,8 +230,9 @@ def decompose(
     if not isinstance(features, PatchFeatures):
         raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
     check_parameters(tau=tau, eps=eps)
-    affinity = tokencut_affinity(features.features, tau=tau, eps=eps)
-    eigenvalues, eigenvectors = second_eigenvector(affinity)
+    with one_blas_thread_for(features.grid_size[0] * features.grid_size[1]):
+        affinity = tokencut_affinity(features.features, tau=tau, eps=eps)
+        eigenvalues, eigenvectors = second_eigenvector(affinity)
     return decomposition_from_eigenpairs(features, eigenvalues, eigenvectors, tau=tau, eps=eps)
 
 
