@@ -112,11 +112,11 @@ def single_threaded_blas():
     memory-bound matrix-vector products, and a second BLAS thread per image, spinning
     between calls, takes the core that another image's eigen-step or the backbone needs.
     For the paper's recipe hold it over a whole run rather than per image: its eigen-step
-    is slower with one thread. The binary-graph recipes take it per image on small graphs
-    (:func:`deepspectral.recipes.tokencut.one_blas_thread_for`), where two BLAS pools
-    (numpy's and scipy's) would otherwise spin against each other. The limit is reference-counted, so
-    concurrent users never see it lifted midway, and the caller's setting is restored
-    when the last one leaves.
+    is slower with one thread. The binary-graph recipes take it around each small
+    eigensolve (:func:`deepspectral.recipes.tokencut.one_blas_thread_for`), where numpy's
+    and scipy's BLAS pools would otherwise spin against each other. The limit is
+    reference-counted, so concurrent users never see it lifted midway, and the caller's
+    setting is restored when the last one leaves.
     """
     from threadpoolctl import ThreadpoolController
 

@@ -203,7 +203,8 @@ def cut_eigenpairs(
         ``λ y_z > 0``) then does not hang on the last digits of the solver.
     solver : {"lanczos", "dense"}
         ``"lanczos"``: :func:`deepspectral.eigen.laplacian_eigenvectors` (in the affinity's
-        dtype: float32 for TokenCut's graph) at :data:`LANCZOS_TOL`; ``"dense"``: MaskCut's
+        dtype: float32 for TokenCut's graph) at :data:`LANCZOS_TOL`, with one BLAS thread on
+        small graphs (:func:`~deepspectral.recipes.tokencut.one_blas_thread_for`); ``"dense"``: MaskCut's
         ``scipy.linalg.eigh(D − A, D)`` in float64.
 
     Returns
@@ -224,7 +225,8 @@ def cut_eigenpairs(
         degree = np.diag(matrix.sum(axis=1))
         values, vectors = scipy.linalg.eigh(degree - matrix, degree, subset_by_index=[0, k - 1])
         return values, vectors.T
-    values, vectors = laplacian_eigenvectors(affinity, k, tol=LANCZOS_TOL)
+    with one_blas_thread_for(n):
+        values, vectors = laplacian_eigenvectors(affinity, k, tol=LANCZOS_TOL)
     vectors = vectors.astype(np.float64)
     if taken is not None and k > 1:
         taken = np.asarray(taken, dtype=bool).reshape(-1)
@@ -377,54 +379,53 @@ def maskcut(
         raise ValueError(f"features: expected a non-empty (h, w, C) array, got shape {grid_features.shape}")
     grid = grid_features.shape[:2]
     n = grid[0] * grid[1]
-    with one_blas_thread_for(n):  # graphs this small: one BLAS thread (tokencut module docstring)
-        base = tokencut_affinity(grid_features, tau=tau, eps=eps)  # the Gram matrix, once
-        taken = np.zeros(grid, dtype=bool)  # MaskCut's "painting"
-        covered = np.zeros(grid, dtype=bool)  # union of the kept objects (what is subtracted)
-        previous = None  # MaskCut's "current_mask"
-        cuts: list[Cut] = []
-        for index in range(int(n_cuts)):
-            if taken.all():
-                break
-            affinity = take_patches(base, taken, tau=tau, eps=eps) if taken.any() else base
-            values, vectors = cut_eigenpairs(affinity, taken=taken.reshape(-1), solver=solver)
-            score = cut_score(values)
-            if min_score is not None and score < min_score:
-                break
-            if vectors.shape[0] < 2:  # a one-patch grid: the patch is the object
-                split, seed, oriented, flipped = np.ones(grid, dtype=bool), 0, np.zeros(grid), False
-            else:
-                split, seed, oriented = orient(vectors[1].reshape(grid))
-                flipped = _reversed_by_corners(vectors[1].reshape(grid))
-                if flipped and sign == "lapack" and lapack_sign_agrees(affinity, oriented, eps=eps):
-                    # LAPACK's sign is the opposite of the seed's: MaskCut's corner rule does
-                    # not fire and its seed rule keeps the seed's side
-                    oriented = -oriented
-                    split = oriented > oriented.mean()
-                    seed = int(np.argmax(oriented.reshape(-1)))
-            candidate = seed_component(split, seed)
-            dropped = None
-            if index >= 1:
-                if mask_iou(previous, candidate) > OVERLAP_IOU:
-                    dropped = "overlap"
-                elif candidate.sum() / n <= MIN_AREA_FRACTION:
-                    dropped = "small"
-            region = np.zeros(grid, dtype=bool) if dropped else candidate
-            previous = region
-            taken |= region
-            mask = region & ~covered
-            covered |= region
-            cuts.append(
-                Cut(
-                    mask=mask,
-                    region=region,
-                    candidate=candidate,
-                    dropped=dropped,
-                    eigenvalues=np.asarray(values, dtype=np.float64),
-                    vector=oriented.astype(np.float32),
-                    seed=seed,
-                    score=score,
-                    reversed=flipped,
-                )
+    base = tokencut_affinity(grid_features, tau=tau, eps=eps)  # the Gram matrix, once
+    taken = np.zeros(grid, dtype=bool)  # MaskCut's "painting"
+    covered = np.zeros(grid, dtype=bool)  # union of the kept objects (what is subtracted)
+    previous = None  # MaskCut's "current_mask"
+    cuts: list[Cut] = []
+    for index in range(int(n_cuts)):
+        if taken.all():
+            break
+        affinity = take_patches(base, taken, tau=tau, eps=eps) if taken.any() else base
+        values, vectors = cut_eigenpairs(affinity, taken=taken.reshape(-1), solver=solver)
+        score = cut_score(values)
+        if min_score is not None and score < min_score:
+            break
+        if vectors.shape[0] < 2:  # a one-patch grid: the patch is the object
+            split, seed, oriented, flipped = np.ones(grid, dtype=bool), 0, np.zeros(grid), False
+        else:
+            split, seed, oriented = orient(vectors[1].reshape(grid))
+            flipped = _reversed_by_corners(vectors[1].reshape(grid))
+            if flipped and sign == "lapack" and lapack_sign_agrees(affinity, oriented, eps=eps):
+                # LAPACK's sign is the opposite of the seed's: MaskCut's corner rule does
+                # not fire and its seed rule keeps the seed's side
+                oriented = -oriented
+                split = oriented > oriented.mean()
+                seed = int(np.argmax(oriented.reshape(-1)))
+        candidate = seed_component(split, seed)
+        dropped = None
+        if index >= 1:
+            if mask_iou(previous, candidate) > OVERLAP_IOU:
+                dropped = "overlap"
+            elif candidate.sum() / n <= MIN_AREA_FRACTION:
+                dropped = "small"
+        region = np.zeros(grid, dtype=bool) if dropped else candidate
+        previous = region
+        taken |= region
+        mask = region & ~covered
+        covered |= region
+        cuts.append(
+            Cut(
+                mask=mask,
+                region=region,
+                candidate=candidate,
+                dropped=dropped,
+                eigenvalues=np.asarray(values, dtype=np.float64),
+                vector=oriented.astype(np.float32),
+                seed=seed,
+                score=score,
+                reversed=flipped,
             )
+        )
     return cuts

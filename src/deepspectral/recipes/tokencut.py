@@ -30,11 +30,11 @@ How the image meets the grid is not part of the maths but decides parity (see
 bottom / right to a multiple of P (``fit="pad"``), for its saliency masks it resizes the
 image (Lanczos) to the nearest multiple (``fit="resize"``).
 
-**Threads.** Graph and eigensolver of up to :data:`ONE_BLAS_THREAD_MAX_NODES` patches run
-with one BLAS thread (:func:`one_blas_thread_for`). numpy and scipy each bring their own
-OpenBLAS, each with its own pool of spinning threads: the Gram matrix (numpy's) followed by
-the Lanczos products (scipy's) put four busy threads on two cores, and a 651-node graph took
-7-8 ms instead of 5-6.
+**Threads.** The eigensolver of a graph of up to :data:`ONE_BLAS_THREAD_MAX_NODES` patches
+runs with one BLAS thread (:func:`one_blas_thread_for`). numpy and scipy each bring their
+own OpenBLAS, each with a pool of threads that spin for a while after a call: the Gram
+matrix (numpy's, two threads, the faster there) followed by the Lanczos products (scipy's)
+put three or four busy threads on two cores.
 
 This module is maths: arrays in, arrays out (numpy, scipy and the package's eigensolver).
 """
@@ -73,13 +73,14 @@ NAME = "tokencut"
 #: Eigenpairs kept: the constant one, the second (the cut) and the third (whose eigenvalue
 #: the score compares with the second's, see :mod:`deepspectral.recipes.scores`).
 N_EIGENVECTORS = 3
-#: Binary graphs of up to this many patches are built and solved with one BLAS thread
-#: (:func:`one_blas_thread_for`). Measured on the 2-vCPU build machine, graph + eigenpairs
-#: (+ box) of a random-weight ViT-S/16's keys, best / median of 5-30 runs, default two
-#: threads against one: TokenCut at 405 / 920 / 1,620 / 2,025 / 3,600 patches 7.6 / 14.1 /
-#: 38.6 / 63.0 / 214.5 ms against 4.8 / 9.3 / 29.1 / 53.3 / 153.0; MaskCut's three cuts at
-#: 900 / 1,600 / 3,600 patches 23.7 / 78.4 / 303.0 against 16.9 / 63.5 / 285.9. The
-#: paper's recipe (larger graphs, numba kernels) is slower with one thread and keeps both.
+#: The eigensolver of binary graphs of up to this many patches runs with one BLAS thread
+#: (:func:`one_blas_thread_for`; the Gram matrix keeps the caller's threads). Measured on
+#: the 2-vCPU build machine (random-weight ViT-S/16 keys of one DAVIS photo resized, best of
+#: 5-15 runs, twice each way), default two threads against one for the eigensolver: TokenCut
+#: (graph, eigenpairs, box) at 294 / 900 / 1,600 / 2,025 / 3,600 patches 7.2 / 7.3 / 32.8 /
+#: 63.3 / 176.2 ms against 5.2 / 7.8 / 26.3 / 37.7 / 127.0; MaskCut's three cuts 23.2 /
+#: 20.7 / 57.2 / 107.4 / 283.6 against 13.3 / 14.0 / 40.8 / 61.6 / 263.0. The paper's
+#: recipe (larger graphs, numba kernels) is slower with one thread and keeps both.
 ONE_BLAS_THREAD_MAX_NODES = 4096
 #: Floor of the feature norm in the L2 normalisation (``torch.nn.functional.normalize``'s).
 _NORM_FLOOR = 1e-12
@@ -126,9 +127,9 @@ def tokencut_affinity(
 
 
 def one_blas_thread_for(n_nodes: int):
-    """Context for building and solving a binary graph of ``n_nodes`` patches: one BLAS
-    thread up to :data:`ONE_BLAS_THREAD_MAX_NODES` nodes (:func:`deepspectral.spectral.single_threaded_blas`),
-    the caller's setting above."""
+    """Context for the eigensolver of a binary graph of ``n_nodes`` patches: one BLAS
+    thread up to :data:`ONE_BLAS_THREAD_MAX_NODES` nodes
+    (:func:`deepspectral.spectral.single_threaded_blas`), the caller's setting above."""
     return single_threaded_blas() if n_nodes <= ONE_BLAS_THREAD_MAX_NODES else contextlib.nullcontext()
 
 
@@ -149,7 +150,8 @@ def second_eigenvector(affinity: np.ndarray, n_eigenvectors: int = N_EIGENVECTOR
     eigenvectors : (K, n) float32
         ``D``-orthonormal; row 1 is TokenCut's vector (sign not fixed: see :func:`bipartition`).
     """
-    return laplacian_eigenvectors(affinity, n_eigenvectors)
+    with one_blas_thread_for(len(affinity)):
+        return laplacian_eigenvectors(affinity, n_eigenvectors)
 
 
 def bipartition(vector: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
@@ -230,9 +232,8 @@ def decompose(
     if not isinstance(features, PatchFeatures):
         raise ValueError(f"features: expected PatchFeatures, got {type(features).__name__}")
     check_parameters(tau=tau, eps=eps)
-    with one_blas_thread_for(features.grid_size[0] * features.grid_size[1]):
-        affinity = tokencut_affinity(features.features, tau=tau, eps=eps)
-        eigenvalues, eigenvectors = second_eigenvector(affinity)
+    affinity = tokencut_affinity(features.features, tau=tau, eps=eps)
+    eigenvalues, eigenvectors = second_eigenvector(affinity)
     return decomposition_from_eigenpairs(features, eigenvalues, eigenvectors, tau=tau, eps=eps)
 
 
