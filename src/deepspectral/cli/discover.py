@@ -20,6 +20,7 @@ import argparse
 
 from .. import defaults
 from .common import UsageError, batch_status
+from .outputs import publishing, read_outputs, uploading
 from .options import (
     add_backbone,
     add_cluster,
@@ -165,11 +166,11 @@ def _run(args: argparse.Namespace) -> int:
     _check(args)
     if args.refine == "crf":
         require_crf()
-    check_weights_and_out(args)
+    check_weights_and_out(args, url=True)
     inputs = inputs_from_args(args)
     engine = _engine(args, inputs)
     engine = cluster_engine_from_args(args, engine)
-    return batch_status(lambda: _discover(args, engine, inputs))
+    return batch_status(lambda: publishing(args, lambda: _discover(args, engine, inputs), (INSTANCES_FILE,), desc="discover"))
 
 
 def _engine(args: argparse.Namespace, inputs: list):
@@ -243,13 +244,16 @@ def _discover(args, engine, inputs):
 
     finished = finished_outputs(args, "discover", outputs, weights_id=engine.feature_settings()["weights"])
     try:
-        return engine.process(inputs, work, out_dir=args.out, desc="discover", verbose=not args.quiet, skip=finished)
-    finally:  # assembled from the records on disk: the same file however many runs made them
+        return engine.process(
+            inputs, uploading(args, work), out_dir=args.out, desc="discover", verbose=not args.quiet, skip=finished
+        )
+    finally:  # assembled from the records written (at -o URL: there): the same file however many runs made them
+        finished.refresh()
+        found = read_outputs(args, [record_path(item) for item in inputs if finished(item)])
         records = []
         for item in inputs:
-            if finished(item):
-                try:
-                    records.append(json.loads(record_path(item).read_text(encoding="utf-8")))
-                except (OSError, ValueError):
-                    continue
+            try:
+                records.append(json.loads(found[record_path(item)].decode("utf-8")))
+            except (KeyError, ValueError):
+                continue
         write_instances(args.out / INSTANCES_FILE, records)

@@ -17,6 +17,7 @@ import argparse
 
 from .. import defaults
 from .common import UsageError, batch_status
+from .outputs import publishing, read_outputs, uploading
 from .options import (
     add_backbone,
     add_cluster,
@@ -112,7 +113,7 @@ def refine_from_args(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, command) -> int:
     check_cluster_args(args)
     method_from_args(args)  # refuse options of another recipe before any work
-    check_weights_and_out(args)
+    check_weights_and_out(args, url=True)
     use = "boxes"
     if command is _run_segment:
         args.refine = refine_from_args(args)
@@ -122,7 +123,8 @@ def _run(args: argparse.Namespace, command) -> int:
     inputs = inputs_from_args(args)
     engine = engine_from_args(args, backbone_from_args(args), paths=[item.path for item in inputs], use=use)
     engine = cluster_engine_from_args(args, engine)
-    return batch_status(lambda: command(args, engine, inputs))
+    name, files = {_run_eigs: ("eigs", ()), _run_localize: ("localize", (BOXES_FILE,)), _run_segment: ("segment", (SCORES_FILE,))}[command]
+    return batch_status(lambda: publishing(args, lambda: command(args, engine, inputs), files, desc=name))
 
 
 def _run_eigs(args, engine, inputs):
@@ -140,7 +142,7 @@ def _run_eigs(args, engine, inputs):
         save_png_atomic(figure_png, figure)
 
     skip = finished_outputs(args, "eigs", outputs, weights_id=engine.feature_settings()["weights"])
-    return engine.process(inputs, work, out_dir=args.out, desc="eigs", verbose=not args.quiet, skip=skip)
+    return engine.process(inputs, uploading(args, work), out_dir=args.out, desc="eigs", verbose=not args.quiet, skip=skip)
 
 
 def _run_localize(args, engine, inputs):
@@ -167,7 +169,7 @@ def _run_localize(args, engine, inputs):
 
     try:
         summary = engine.process(
-            inputs, work, out_dir=args.out, desc="localize", verbose=not args.quiet,
+            inputs, uploading(args, work), out_dir=args.out, desc="localize", verbose=not args.quiet,
             collect=lambda item, record: records.append(record),
         )  # fmt: skip
     finally:  # boxes found before an interruption are kept
@@ -200,13 +202,13 @@ def _run_segment(args, engine, inputs):
 
     # a rerun skips a finished mask only when its score is in scores.json too (a killed run
     # wrote its masks but not its scores.json: those images are redone)
-    earlier = _records_by_image(args.out / SCORES_FILE)
+    earlier = _records_by_image(read_outputs(args, [args.out / SCORES_FILE]).get(args.out / SCORES_FILE))
     finished = finished_outputs(args, "segment", outputs, weights_id=engine.feature_settings()["weights"])
 
     done = {item.name for item in inputs if item.name in earlier and finished(item)}
     try:
         return engine.process(
-            inputs, work, out_dir=args.out, desc="segment", verbose=not args.quiet,
+            inputs, uploading(args, work), out_dir=args.out, desc="segment", verbose=not args.quiet,
             skip=lambda item: item.name in done, collect=collect,
         )  # fmt: skip
     finally:  # scores of the masks written before an interruption are kept
@@ -214,13 +216,15 @@ def _run_segment(args, engine, inputs):
         atomic_write_json(args.out / SCORES_FILE, [record for record in kept if record is not None])
 
 
-def _records_by_image(path) -> dict:
-    """The records of an earlier run's JSON list (``scores.json``) by image name; empty
-    when there is none or it cannot be read."""
+def _records_by_image(data: bytes | None) -> dict:
+    """The records of an earlier run's JSON list (``scores.json``, its bytes) by image name;
+    empty when there is none (None) or it cannot be read."""
     import json
 
+    if data is None:
+        return {}
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(data.decode("utf-8"))
         return {record["image"]: record for record in records}
     except (OSError, ValueError, TypeError, KeyError):
         return {}

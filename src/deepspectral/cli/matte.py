@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from .common import UsageError, batch_status
+from .outputs import publishing, uploading
 from .options import (
     add_backbone,
     add_cluster,
@@ -130,7 +131,7 @@ def register(commands, formatter) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``deepspectral matte`` on parsed arguments; returns the exit status."""
     check_cluster_args(args)
-    check_weights_and_out(args)
+    check_weights_and_out(args, url=True)
     background = None
     if args.background is not None:
         from ..data.images import ImageLoadError, load_image
@@ -191,6 +192,6 @@ def run(args: argparse.Namespace) -> int:
             save_png_atomic(output_path(args.out, result.item, COMPOSITE_SUFFIX), composited)
 
     skip = finished_outputs(args, "matte", outputs, weights_id=engine.feature_settings()["weights"])
-    return batch_status(
-        lambda: engine.process(inputs, work, out_dir=args.out, desc="matte", verbose=not args.quiet, skip=skip)
-    )
+    return batch_status(lambda: publishing(args, lambda: engine.process(
+        inputs, uploading(args, work), out_dir=args.out, desc="matte", verbose=not args.quiet, skip=skip,
+    ), desc="matte"))  # fmt: skip

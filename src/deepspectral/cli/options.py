@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .. import defaults
 from .common import UsageError
+from .outputs import out_folder
 
 __all__ = [
     "number_type",
@@ -90,7 +91,11 @@ def add_inputs(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="image files, folders (searched recursively) and .txt files listing paths (one a line)",
     )
-    io.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
+    io.add_argument(
+        "-o", "--out", required=True, type=out_folder, metavar="OUT",
+        help="output folder (created if missing); eigs, localize, segment, matte, discover: also an fsspec URL "
+        "(s3://bucket/run/, gs://..., file:///...; pip install \"deepspectral[cloud]\" and the protocol's package)",
+    )  # fmt: skip
     io.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
 
 
@@ -278,18 +283,27 @@ def add_cluster(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def check_weights_and_out(args: argparse.Namespace) -> None:
+def check_weights_and_out(args: argparse.Namespace, *, url: bool = False) -> None:
     """Raise :class:`UsageError` when ``--weights`` names no file, or when ``-o/--out`` or
     ``--cache`` cannot be used as a folder to write in (a file, a read-only folder); each
     option may be absent or None. The folders are created when missing (the run removes
     the temporary files a killed run left there: :func:`deepspectral.engine.run_batch`,
-    :class:`deepspectral.store.Store`)."""
+    :class:`deepspectral.store.Store`). ``-o`` may be an fsspec URL when ``url``
+    (:func:`deepspectral.cli.outputs.use_url_out`: checked, and ``args.out`` becomes its local
+    staging folder), else a URL is refused."""
     from ..errors import describe_os_error
     from ..files import check_writable_folder
+    from .outputs import URL_COMMANDS, use_url_out
 
     weights = getattr(args, "weights", None)
     if isinstance(weights, Path) and not weights.is_file():
         raise UsageError(f"--weights: no such file: '{weights}'")
+    if isinstance(getattr(args, "out", None), str):  # a URL (see out_folder)
+        if not url:
+            raise UsageError(
+                f"-o: '{args.out}': only {', '.join(URL_COMMANDS)} write to a URL; give a local (or shared) folder"
+            )
+        use_url_out(args)
     folders = {"-o/--out": getattr(args, "out", None)}
     if not getattr(args, "no_cache", False):
         folders["--cache"] = getattr(args, "cache", None)

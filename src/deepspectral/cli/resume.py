@@ -7,6 +7,11 @@ same record skips each image whose output files all exist and are newer than the
 (written by a run with these settings, whole: every file is written atomically); a rerun
 with other settings — or ``--overwrite`` — writes a new record, so every older output is
 recomputed, even when that run is killed and resumed in turn.
+
+With ``-o URL`` (:mod:`deepspectral.cli.outputs`) the record is the one at the URL
+(``URL/.deepspectral-run.json``) and the URL is listed once: an image is skipped when each of
+its output files is there, modified after the record (times as the store records them, and
+strictly after: a store that keeps whole seconds recomputes rather than keep a stale file).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ RUN_RECORD = ".deepspectral-run.json"
 #: give byte-identical outputs).
 NEUTRAL_OPTIONS = frozenset(
     {"inputs", "out", "quiet", "batch_size", "workers", "cache", "no_cache", "overwrite", "run",
-     "engine", "ray_address", "ray_actors"}
+     "engine", "ray_address", "ray_actors", "out_url"}
 )  # fmt: skip
 
 
@@ -59,18 +64,28 @@ def finished_outputs(
     Parameters
     ----------
     args : argparse.Namespace
-        The command's options (``args.out`` the output folder, ``args.overwrite``).
+        The command's options (``args.out`` the output folder, ``args.overwrite``;
+        ``args.out_url`` with ``-o URL``: then the record and the outputs are those at the URL).
     command : str
         Name of the command (part of the record).
     outputs : callable
         The output files of one item.
     weights_id : str
         Identity of the backbone's weights (e.g. ``Engine.feature_settings()["weights"]``).
+
+    Returns
+    -------
+    callable
+        ``skip(item)``; its ``refresh()`` looks again (at a URL: lists it again) after a run,
+        to tell which images are finished now.
     """
     from ..files import atomic_write_json
 
     path = args.out / RUN_RECORD
     record = json.loads(json.dumps(_record(args, command, weights_id), default=str))
+    folder = getattr(args, "out_url", None)
+    if folder is not None:
+        return _FinishedAtUrl(args, folder, record, outputs)
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -85,4 +100,39 @@ def finished_outputs(
         except FileNotFoundError:
             return False
 
+    skip.refresh = lambda: None  # type: ignore[attr-defined]
     return skip
+
+
+class _FinishedAtUrl:
+    """``skip(item)`` for an output folder at a URL: the record there is compared (and
+    rewritten, staged then uploaded, when it changed); the URL is listed once, lazily."""
+
+    def __init__(self, args: argparse.Namespace, folder, record: dict, outputs: Callable) -> None:
+        from ..files import atomic_write_json
+
+        self.folder = folder
+        self.outputs = outputs
+        try:
+            previous = json.loads(folder.read_bytes(RUN_RECORD) or b"null")
+        except ValueError:
+            previous = None
+        self.times: dict | None = None
+        if args.overwrite or previous != record:
+            folder.upload([atomic_write_json(args.out / RUN_RECORD, record)])
+            self.times = {}  # a new record: nothing is finished yet (no listing needed)
+
+    def refresh(self) -> None:
+        self.times = None
+
+    def __call__(self, item) -> bool:
+        if self.times is None:
+            self.times = self.folder.modified_times()
+        since = self.times.get(RUN_RECORD)
+        if since is None:
+            return False
+        for output in self.outputs(item):
+            modified = self.times.get(self.folder.relative(output))
+            if modified is None or modified <= since:
+                return False
+        return True

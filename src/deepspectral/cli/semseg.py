@@ -145,6 +145,11 @@ def register(commands, formatter) -> None:
 def _run_fit(args: argparse.Namespace) -> int:
     from ..tasks import semantic
 
+    if isinstance(args.out, str):  # -o URL (see cli.outputs.out_folder)
+        raise UsageError(
+            f"-o: '{args.out}': semseg fit cannot write to a URL: its dataset stages (k-means, label maps) read "
+            "every image's segments back from the run folder; give a local or shared folder"
+        )
     check_weights_and_out(args)
     check_cluster_args(args)
     try:

@@ -24,6 +24,7 @@ from .. import defaults
 
 __all__ = [
     "is_url",
+    "url_filesystem",
     "load_image",
     "ImageLoadError",
     "InputImage",
@@ -57,7 +58,7 @@ IMAGE_EXTENSIONS = frozenset(
 LIST_SUFFIX = ".txt"
 #: A URL: a scheme (RFC 3986: a letter, then letters, digits, ``+ - .``) and ``://``.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_FSSPEC_HINT = 'inputs given as URLs are read with fsspec: pip install "deepspectral[cloud]"'
+_FSSPEC_HINT = 'URLs are read and written with fsspec: pip install "deepspectral[cloud]"'
 
 
 def is_url(path) -> bool:
@@ -65,23 +66,24 @@ def is_url(path) -> bool:
     return isinstance(path, str) and _URL.match(path) is not None
 
 
-def _filesystem(url: str):
-    """``(fsspec file system, path inside it)`` of ``url``; ``ValueError`` naming what to
-    install when fsspec or the protocol's package is missing, or the protocol is unknown."""
+def url_filesystem(url: str, *, what: str = "inputs"):
+    """``(fsspec file system, path inside it)`` of ``url``; ``ValueError`` (its message
+    starting with ``what``, the option) naming what to install when fsspec or the
+    protocol's package is missing, or the protocol is unknown."""
     try:
         import fsspec
     except ImportError:
-        raise ValueError(f"inputs: '{url}': {_FSSPEC_HINT}") from None
+        raise ValueError(f"{what}: '{url}': {_FSSPEC_HINT}") from None
     try:
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as error:  # e.g. "Install s3fs to access S3"
-        raise ValueError(f"inputs: cannot open '{url}': {error}") from None
+        raise ValueError(f"{what}: cannot open '{url}': {error}") from None
 
 
 def _read_url(url: str) -> bytes:
     """The bytes of the file at ``url``; :class:`ImageLoadError` as for a local file."""
     try:
-        fs, path = _filesystem(url)
+        fs, path = url_filesystem(url)
     except ValueError as error:
         raise ImageLoadError(url, str(error).split(": ", 1)[-1]) from None
     try:
@@ -374,7 +376,7 @@ def _collect_url(url: str, *, where: str | None = None) -> list[tuple[str, PureP
     """Entries of a URL argument: a file, a folder (scanned) or a ``.txt`` list (entries
     URLs, or paths relative to the list's folder). ``where`` names the list line that
     gave ``url`` in messages."""
-    fs, path = _filesystem(url)
+    fs, path = url_filesystem(url)
     given = f"'{url}'" + (f" ({where})" if where else "")
     try:
         if fs.isdir(path):
