@@ -102,11 +102,16 @@ def test_outputs_at_the_url_are_those_of_a_local_run(name, tmp_path, url, photos
     assert [name for name in local if local[name] != remote[name]] == []
 
 
+#: Settings that change the outputs, for a run whose files a rerun must not keep.
+OTHER_SETTINGS = {"eigs": ["--n-eigenvectors", "4"], "discover": ["--max-objects", "1"]}  # (no file more than the default)
+
+
 @pytest.mark.parametrize("name", ["eigs", "discover"])
 def test_an_interrupted_run_resumes_from_what_is_at_the_url(name, tmp_path, url, photos, random_weights, monkeypatch, capsys):
-    """Ctrl-C after two images; the rerun uploads nothing of those two again (same times at
-    the URL), skips them, and the URL ends with the files of an uninterrupted local run;
-    ``--overwrite`` then redoes every image."""
+    """A run with other settings fills the URL; then Ctrl-C after two images; the rerun
+    uploads nothing of those two again (same times at the URL), skips them only (the other
+    settings' files are older than the record: redone), and the URL ends with the files of
+    an uninterrupted local run; ``--overwrite`` then redoes every image."""
     from deepspectral.remote import UploadingWork
 
     command = COMMANDS[name]
@@ -120,6 +125,7 @@ def test_an_interrupted_run_resumes_from_what_is_at_the_url(name, tmp_path, url,
         calls.append(result.item.name)
         return original(self, result)
 
+    assert run(command, photos, url, random_weights, *OTHER_SETTINGS[name]) == 1
     monkeypatch.setattr(UploadingWork, "__call__", interrupted)
     assert run(command, photos, url, random_weights) == 130
     monkeypatch.setattr(UploadingWork, "__call__", original)
@@ -127,7 +133,8 @@ def test_an_interrupted_run_resumes_from_what_is_at_the_url(name, tmp_path, url,
     finished = {path: time for path, time in before.items() if any(Path(path).name.startswith(f"{Path(n).name}.") for n in calls)}
     assert finished, "the interrupted run uploaded nothing"
     capsys.readouterr()
-    assert run(command, photos, url, random_weights) == 1
+    assert run(command, photos, url, random_weights, quiet=False) == 1
+    assert "2 already done (skipped)" in capsys.readouterr().out
     after = url_times(url)
     assert {path: after[path] for path in finished} == finished  # not uploaded again
     assert sorted(url_tree(url)) == sorted(local_tree(tmp_path / "local"))
@@ -138,6 +145,48 @@ def test_an_interrupted_run_resumes_from_what_is_at_the_url(name, tmp_path, url,
     assert "4 already done (skipped)" in capsys.readouterr().out
     assert run(command, photos, url, random_weights, "--overwrite", quiet=False) == 1
     assert "already done" not in capsys.readouterr().out
+
+
+def test_a_sigkilled_run_resumes_from_what_is_at_a_file_url(tmp_path, photos, random_weights, staging):
+    """A run in another process writing to a file:// URL is killed with SIGKILL once some
+    images are at the URL; the rerun leaves those files untouched (same modification
+    times), skips them, and the URL ends with the files of an uninterrupted local run."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    many = tmp_path / "many"
+    shutil.copytree(photos, many)
+    for index in range(4, 12):  # 12 photos: the kill lands mid-run
+        image = np.asarray(Image.open(photos / f"photo{index % 3}.png"))
+        Image.fromarray(np.ascontiguousarray(np.roll(image, index, axis=1))).save(many / f"photo{index}.png")
+    url = (tmp_path / "bucket" / "run").as_uri()
+    target = tmp_path / "bucket" / "run"
+    args = ["eigs", str(many), "--weights", str(random_weights), *COMMON, "--no-cache"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "XDG_CACHE_HOME": str(staging)}
+    driver = subprocess.Popen([sys.executable, "-m", "deepspectral", *args, "-o", url, "-q"], env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(target.glob("*.eigs.png"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        driver.kill()
+        driver.wait()
+    finished = {path: path.stat().st_mtime_ns for path in target.rglob("*.eigs.png")}
+    finished.update({path.with_suffix("").with_suffix(".npz"): 0 for path in finished})
+    finished = {path: path.stat().st_mtime_ns for path in finished}  # each finished image: both files there
+    assert 2 <= len(finished) // 2 < 11, "the run was not killed mid-run"
+    assert main([*args, "-o", url]) == 1  # the broken photo
+    assert {path: path.stat().st_mtime_ns for path in finished} == finished  # nothing finished redone
+    assert main([*args, "-o", str(tmp_path / "local")]) == 1
+    local, remote = local_tree(tmp_path / "local"), local_tree(target)
+    assert sorted(remote) == sorted(local)
+    assert [name for name in local if local[name] != remote[name]] == []
 
 
 @pytest.mark.parametrize("protocol", ["memory", "file"])
@@ -237,6 +286,11 @@ def test_remote_folder_puts_whole_files_or_none(tmp_path):
     monkey.undo()
     assert sorted(p.name for p in (tmp_path / "remote").rglob("*")) == ["a", "x.bin", "y.bin"]
     assert folder.read_many(["y.bin", "missing.bin"]) == {"y.bin": b"y"}
+    # a killed run's temporary file is removed by the listing that asks for it
+    (tmp_path / "remote" / "a" / ".z.bin.0123abcd.tmp").write_bytes(b"half")
+    assert sorted(folder.modified_times()) == ["a/.z.bin.0123abcd.tmp", "a/x.bin", "y.bin"]
+    assert sorted(folder.modified_times(remove_temporary=True)) == ["a/x.bin", "y.bin"]
+    assert not (tmp_path / "remote" / "a" / ".z.bin.0123abcd.tmp").exists()
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ URL, under the user's cache folder) and :class:`RemoteFolder` copies them to the
   ``memory://``) one ``put`` is atomic: the object appears only once its upload completed
   (a multipart upload too), so each file is put at its final name. Elsewhere (a local or
   shared file system through ``file://``, SFTP, HDFS, ...) a file is put under a temporary
-  name ``.<name>.<token>.tmp`` in the same folder and then moved to its name (a rename).
+  name ``.<name>.<token>.tmp`` in the same folder and then moved to its name (a rename);
+  such a file left by a killed run is removed by the next run that lists the folder
+  (a rerun that resumes: :meth:`RemoteFolder.modified_times`).
 - **Per image.** :class:`UploadingWork` wraps a command's per-image ``work``: the files it
   wrote (:func:`deepspectral.files.recording_writes`) are uploaded in the order written,
   then their staged copies deleted. When an upload fails, the files of that image already
@@ -32,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +53,9 @@ STAGING_DIR = "deepspectral/url-outputs"
 #: Keys of fsspec's file details that hold a modification time, by back-end (local, S3,
 #: Azure, GCS, memory), first found first used.
 _TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
+#: Random bytes in the name of an upload's temporary file, and the pattern of those names.
+_TOKEN_BYTES = 4
+_TEMPORARY = re.compile(rf"\..+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp")
 
 
 def run_folder(url: str) -> Path:
@@ -137,10 +143,12 @@ class RemoteFolder:
             raise OSError(f"cannot write in {self.url}: {_describe(error)}") from None
 
     # ------------------------------------------------------------------ reading
-    def modified_times(self) -> dict[str, float | None]:
+    def modified_times(self, *, remove_temporary: bool = False) -> dict[str, float | None]:
         """Every file under the folder (one listing): relative POSIX path -> modification
         time in seconds since the epoch as the store records it (None when it records
-        none). Empty when the folder does not exist yet."""
+        none). Empty when the folder does not exist yet. With ``remove_temporary`` (only
+        while no upload runs), the temporary files of uploads a killed run left
+        (``.<name>.<token>.tmp``, see the module's notes) are deleted and left out."""
         fs = self._open()
         try:
             found = fs.find(self._root, detail=True)
@@ -149,11 +157,17 @@ class RemoteFolder:
         except Exception as error:
             raise OSError(f"cannot list {self.url}: {_describe(error)}") from None
         prefix = f"{self._root}/" if self._root else ""
-        return {
+        times = {
             name[len(prefix) :]: _modified(info)
             for name, info in found.items()
             if name.startswith(prefix) and info.get("type", "file") == "file"
         }
+        if remove_temporary and not self.atomic_put:
+            stale = [name for name in times if _TEMPORARY.fullmatch(posixpath.basename(name))]
+            self.remove(stale)
+            for name in stale:
+                del times[name]
+        return times
 
     def read_bytes(self, relative: str) -> bytes | None:
         """The bytes of ``relative``, or None when it does not exist (or cannot be read)."""
@@ -216,7 +230,7 @@ class RemoteFolder:
             return
         folder, name = posixpath.split(target)
         fs.makedirs(folder, exist_ok=True)
-        temporary = f"{folder}/.{name}.{secrets.token_hex(4)}.tmp"
+        temporary = f"{folder}/.{name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp"
         try:
             fs.put_file(str(path), temporary)
             fs.mv(temporary, target)

@@ -118,16 +118,19 @@ class _FinishedAtUrl:
         except ValueError:
             previous = None
         self.times: dict | None = None
+        self.listed = False
         if args.overwrite or previous != record:
             folder.upload([atomic_write_json(args.out / RUN_RECORD, record)])
             self.times = {}  # a new record: nothing is finished yet (no listing needed)
+            self.listed = True  # (a later listing may come while uploads run: it removes nothing)
 
     def refresh(self) -> None:
         self.times = None
 
     def __call__(self, item) -> bool:
-        if self.times is None:
-            self.times = self.folder.modified_times()
+        if self.times is None:  # the first listing comes before any upload of this run
+            self.times = self.folder.modified_times(remove_temporary=not self.listed)
+            self.listed = True
         since = self.times.get(RUN_RECORD)
         if since is None:
             return False
