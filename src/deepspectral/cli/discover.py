@@ -20,7 +20,6 @@ import argparse
 
 from .. import defaults
 from .common import UsageError, batch_status
-from .outputs import publishing, read_outputs, uploading
 from .options import (
     add_backbone,
     add_cluster,
@@ -39,6 +38,7 @@ from .options import (
     require_crf,
     store_from_args,
 )
+from .outputs import publishing, read_outputs, uploading
 from .resume import add_overwrite, finished_outputs
 
 __all__ = ["register", "check_cut_args", "INSTANCES_FILE", "RECORDS_DIR", "max_objects_type", "PALETTE"]

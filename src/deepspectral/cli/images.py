@@ -17,7 +17,6 @@ import argparse
 
 from .. import defaults
 from .common import UsageError, batch_status
-from .outputs import publishing, read_outputs, uploading
 from .options import (
     add_backbone,
     add_cluster,
@@ -35,6 +34,7 @@ from .options import (
     output_path,
     require_crf,
 )
+from .outputs import publishing, read_outputs, uploading
 from .resume import add_overwrite, finished_outputs
 
 __all__ = ["register", "FIGURE_MAX_HEIGHT", "BOXES_FILE", "SCORES_FILE", "refine_from_args"]
@@ -44,6 +44,8 @@ FIGURE_MAX_HEIGHT = 768
 BOXES_FILE = "boxes.json"
 #: ``segment``'s list of ``{image, file, score, empty}`` (the score of each mask).
 SCORES_FILE = "scores.json"
+#: The files of a whole run, by command (uploaded when it ends with -o URL: cli.outputs.publishing).
+RUN_FILES = {"localize": (BOXES_FILE,), "segment": (SCORES_FILE,)}
 
 
 def register(commands, formatter) -> None:
@@ -123,8 +125,8 @@ def _run(args: argparse.Namespace, command) -> int:
     inputs = inputs_from_args(args)
     engine = engine_from_args(args, backbone_from_args(args), paths=[item.path for item in inputs], use=use)
     engine = cluster_engine_from_args(args, engine)
-    name, files = {_run_eigs: ("eigs", ()), _run_localize: ("localize", (BOXES_FILE,)), _run_segment: ("segment", (SCORES_FILE,))}[command]
-    return batch_status(lambda: publishing(args, lambda: command(args, engine, inputs), files, desc=name))
+    name = command.__name__.removeprefix("_run_")
+    return batch_status(lambda: publishing(args, lambda: command(args, engine, inputs), RUN_FILES.get(name, ()), desc=name))
 
 
 def _run_eigs(args, engine, inputs):

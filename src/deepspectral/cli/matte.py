@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 
 from .common import UsageError, batch_status
-from .outputs import publishing, uploading
 from .options import (
     add_backbone,
     add_cluster,
@@ -34,6 +33,7 @@ from .options import (
     number_type,
     output_path,
 )
+from .outputs import publishing, uploading
 from .resume import add_overwrite, finished_outputs
 
 __all__ = ["register", "run", "parse_color"]
