@@ -74,6 +74,22 @@ def test_bad_settings_are_refused(backbone):
             Engine(backbone, **kwargs)
 
 
+def test_auto_eigen_backend_is_decided_for_each_backbone(backbone):
+    # issue #15: a Ray actor's backbone on a GPU runs the eigen-step in torch with "auto",
+    # even when the driver's backbone (and so the engine it copies) is on the CPU
+    class OnGpu:
+        device = "cuda:0"
+
+    driver = Engine(backbone)
+    assert (driver.eigen_backend, driver.eigen_device) == ("cpu", "cpu")
+    actor = driver.with_backbone(OnGpu())
+    assert (actor.eigen_backend, actor.eigen_device, actor.backbone.device) == ("torch", "cuda:0", "cuda:0")
+    assert (driver.eigen_backend, driver.backbone) == ("cpu", backbone)  # the original is unchanged
+    assert Engine(backbone, eigen_backend="cpu").with_backbone(OnGpu()).eigen_backend == "cpu"  # asked for
+    assert Engine(backbone, eigen_backend="torch").with_backbone(backbone).eigen_backend == "torch"
+    assert driver.with_backbone(backbone).eigen_backend == "cpu"
+
+
 def _real_photos(tmp_path: Path) -> Path:
     root = shared_data_dir()
     sources = sorted((root / "sod" / "images").glob("*.jpg"))[:3] + sorted((root / "davis2016-val" / "JPEGImages").glob("*/*.jpg"))[:2]

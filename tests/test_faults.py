@@ -466,13 +466,14 @@ def _count_files(folder: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume(photos, random_weights, reference_run, tmp_path):
-    """Kill a run with SIGKILL at eight random moments (seeded: after 1-3 more files
+    """Kill a run with SIGKILL at five random moments (seeded: after 1-3 more files
     appeared, plus 0-300 ms), rerunning each time; then let it finish: no temporary file
-    anywhere and outputs byte-identical to an uninterrupted run."""
+    anywhere and outputs byte-identical to an uninterrupted run. (Five, to keep CI short;
+    tests/test_resume.py kills and resumes a run of its own too.)"""
     out = tmp_path / "out"
     rng = random.Random(12)
     kills = 0
-    for _ in range(8):
+    for _ in range(5):
         start_count = _count_files(out)
         wanted, delay = rng.randint(1, 3), rng.uniform(0.0, 0.3)
         process = subprocess.Popen(_cli(photos, out, random_weights))
@@ -483,7 +484,7 @@ def test_sigkill_at_random_moments_then_resume(photos, random_weights, reference
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += process.returncode == -signal.SIGKILL
-    assert kills >= 4, "most runs finished before they could be killed: use longer runs"
+    assert kills >= 3, "most runs finished before they could be killed: use longer runs"
     subprocess.run(_cli(photos, out, random_weights), check=True, timeout=600)
     assert temp_files(out) == []
     assert output_files(out) == reference_run

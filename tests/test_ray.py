@@ -126,10 +126,13 @@ def test_engine_ray_without_ray_names_the_extra(tmp_path, photos, random_weights
         ["localize", "--save-viz", "--workers", "2"],
         ["segment", "--no-crf", "--workers", "2"],
         ["matte", "--layers", "2", "--workers", "2"],
+        ["discover", "--max-objects", "2", "--refine", "none", "--save-masks"],
+        # the torch eigen-step runs on the backbone actors, batched as in a local run
+        ["localize", "--eigen-backend", "torch"],
         # the per-image stage on Ray (segments, their crops' CLS features on the backbone actor)
         ["semseg", "fit", "--clusters", "3", "--segments", "4", "--workers", "2"],
     ],
-    ids=["eigs", "localize", "segment-nocrf", "matte", "semseg-fit"],
+    ids=["eigs", "localize", "segment-nocrf", "matte", "discover", "localize-torch", "semseg-fit"],
 )
 def test_ray_run_writes_the_same_files_as_a_local_run(tmp_path, ray_cluster, photos, random_weights, command):
     words = 2 if command[0] == "semseg" else 1

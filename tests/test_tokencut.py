@@ -347,3 +347,29 @@ def test_bilateral_refinement_of_a_large_image_is_solved_smaller(monkeypatch):
     monkeypatch.setattr(defaults, "BILATERAL_MAX_SIZE", 64)
     small = segment_object(dec, image, refine="bilateral")
     assert small.shape == (h, w) and iou(small, full) > 0.9 and iou(small, truth) > 0.85
+
+
+def test_small_graphs_are_solved_with_one_blas_thread(monkeypatch):
+    # numpy's and scipy's OpenBLAS pools spin against each other on small graphs: the
+    # eigensolve of one up to ONE_BLAS_THREAD_MAX_NODES patches runs with one BLAS thread
+    # (and the caller's setting is back afterwards); larger graphs keep the caller's
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"}
+
+    seen = []
+    solve = tokencut.laplacian_eigenvectors
+
+    def spying(affinity, k):
+        seen.append((len(affinity), blas_threads()))
+        return solve(affinity, k)
+
+    monkeypatch.setattr(tokencut, "laplacian_eigenvectors", spying)
+    affinity = tokencut.tokencut_affinity(np.random.default_rng(0).standard_normal((30, 8)))
+    with threadpool_limits(limits=2, user_api="blas"):  # the caller's setting: 2 threads
+        tokencut.second_eigenvector(affinity)
+        assert blas_threads() == {2}
+        monkeypatch.setattr(tokencut, "ONE_BLAS_THREAD_MAX_NODES", 29)
+        tokencut.second_eigenvector(affinity)
+    assert seen == [(30, {1}), (30, {2})]

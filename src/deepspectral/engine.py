@@ -26,6 +26,7 @@ samples (:class:`deepspectral.data.datasets.Sample`) are items.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 from collections import deque
@@ -381,9 +382,20 @@ class Engine:
         self.store = store
         self.batch_size = int(batch_size)
         self.workers = int(workers)
+        self.requested_eigen_backend = eigen_backend  # as given ("auto" decided per backbone)
         self.eigen_device = str(getattr(backbone, "device", "cpu"))
         self.eigen_backend = resolve_eigen_backend(eigen_backend, self.eigen_device)
         self._weights_id: str | None = None
+
+    def with_backbone(self, backbone) -> "Engine":
+        """A copy of this engine around ``backbone`` (e.g. a Ray actor's, on its own GPU),
+        the eigen-step's device and backend decided again for it: ``"auto"`` is torch on a
+        GPU actor even when the driver's backbone is on the CPU."""
+        engine = copy.copy(self)
+        engine.backbone = backbone
+        engine.eigen_device = str(getattr(backbone, "device", "cpu"))
+        engine.eigen_backend = resolve_eigen_backend(self.requested_eigen_backend, engine.eigen_device)
+        return engine
 
     # ------------------------------------------------------------------ settings
     def feature_settings(self) -> dict:

@@ -16,6 +16,11 @@ command line)::
     progress bar, collect(item, record),
     summary, OUT/errors.json (run_batch)
 
+  The eigen-step's backend is decided on each actor for its own backbone
+  (:meth:`Engine.with_backbone`). In torch (``--eigen-backend auto``, the default, on a GPU
+  actor, or ``torch`` asked for) the actor runs it, each batch's images of one size
+  together, and the image task only runs ``work``; otherwise it stays in the image task.
+
   Work that runs the backbone again (``uses_backbone``: ``semseg fit``'s segment crops,
   through ``result.backbone``) runs on the actors instead, the eigen-step too (on the GPU
   with the torch eigen-step, batched as in a local run): no image task then, and on CPUs
@@ -331,32 +336,35 @@ def _identity(value):
 
 
 class _BackboneActor:
-    """Holds one backbone; prepares batches (:meth:`Engine._prepare`) for the image tasks."""
+    """Holds one backbone; prepares batches (:meth:`Engine._prepare`) for the image tasks,
+    with the eigen-step done here when it runs on the backbone's device (torch)."""
 
     def __init__(self, shell: Engine, factory) -> None:
-        import copy
+        self.engine = shell.with_backbone(factory())  # "auto": torch when this actor has a GPU
 
-        self.engine = copy.copy(shell)
-        self.engine.backbone = factory()
-
-    def prepare(self, items: list):
-        """``(result, decomposition key, eigen-step needed)`` per item (one Ray return each)."""
-        engine = self.engine
-        out = [(result, key, result.error is None and engine._needs_decomposition(result)) for result, key in engine._prepare(items)]
-        return out if len(out) != 1 else out[0]
-
-    def process(self, items: list, work, blas_threads: int):
-        """``(ok, record or error)`` per item: :meth:`prepare`, the eigen-step and ``work``
-        on this actor (``result.backbone`` is its backbone), as in a local run."""
+    def _prepared(self, items: list) -> list:
+        """``(result, decomposition key, eigen-step still needed)`` per item; the torch
+        eigen-step runs here, the batch's images of one size together (as Engine.run)."""
         engine = self.engine
         prepared = [(result, key, result.error is None and engine._needs_decomposition(result))
                     for result, key in engine._prepare(items)]  # fmt: skip
-        if engine.eigen_backend == "torch":  # the batch's images of one size together, as Engine.run
+        if engine.eigen_backend == "torch":
             together = [(result, key) for result, key, needed in prepared if needed]
             if together:
                 engine._decompose_together(together)
             prepared = [(result, key, False) for result, key, _ in prepared]
-        out = [_finish_image(entry, engine, work, blas_threads, backbone=engine.backbone) for entry in prepared]
+        return prepared
+
+    def prepare(self, items: list):
+        """:meth:`_prepared`, one Ray return per item."""
+        out = self._prepared(items)
+        return out if len(out) != 1 else out[0]
+
+    def process(self, items: list, work, blas_threads: int):
+        """``(ok, record or error)`` per item: :meth:`_prepared`, the eigen-step and ``work``
+        on this actor (``result.backbone`` is its backbone), as in a local run."""
+        engine = self.engine
+        out = [_finish_image(entry, engine, work, blas_threads, backbone=engine.backbone) for entry in self._prepared(items)]
         return out if len(out) != 1 else out[0]
 
     def pid(self) -> int:
