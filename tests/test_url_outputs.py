@@ -258,6 +258,17 @@ def test_bad_urls_are_refused_before_the_backbone_loads(tmp_path, photos, random
     assert '-o: \'memory://run\': URLs are read and written with fsspec: pip install "deepspectral[cloud]"' in capsys.readouterr().err
 
 
+def test_commands_without_url_outputs_refuse_a_url(tmp_path, capsys):
+    # eval and semseg predict write local folders only: a URL is refused at parse time
+    # rather than taken for a local folder named "s3:" (exit 2, nothing created)
+    for command in (["eval", "localization", "--dataset", "voc07"], ["eval", "segmentation", "--dataset", "ecssd"],
+                    ["eval", "discovery", "--dataset", "coco20k"], ["semseg", "predict", "RUN", "IMAGES"]):  # fmt: skip
+        assert main([*command, "-o", "s3://bucket/run"]) == 2, command
+        err = capsys.readouterr().err
+        assert "'s3://bucket/run': a URL is not supported here" in err and "give a local folder" in err, err
+    assert not any(tmp_path.iterdir()) and not Path("s3:").exists()
+
+
 def test_remote_folder_puts_whole_files_or_none(tmp_path):
     """On a file system (file://) a file goes to a temporary name first, then is moved; a
     failure leaves neither; on an object store (memory://) it is put at its name."""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from .. import defaults
 from ..evaluation import FIGURE_ROWS
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, report_error
+from .outputs import local_out_folder
 from .options import (
     add_backbone,
     add_decomposition,
@@ -157,7 +158,7 @@ def _add_dataset_arguments(parser, datasets, *, masks: bool = True) -> None:
 
 def _add_run_arguments(parser) -> None:
     out = parser.add_argument_group("outputs")
-    out.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="write OUT/results.json and pictures")
+    out.add_argument("-o", "--out", type=local_out_folder, default=None, metavar="OUT", help="write OUT/results.json and pictures")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     out.add_argument("--figure-rows", type=non_negative_int, default=FIGURE_ROWS,
                      help="images shown in OUT/figure.png (0: none)")  # fmt: skip
@@ -244,7 +245,7 @@ def register(commands, formatter) -> None:
                      help="where the backbone / model runs")  # fmt: skip
     sem.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate N images only")
     sem.add_argument("--seed", type=non_negative_int, default=None, help="with --limit: draw the N images at random")
-    sem.add_argument("-o", "--out", type=Path, default=None, metavar="OUT")
+    sem.add_argument("-o", "--out", type=local_out_folder, default=None, metavar="OUT")
     sem.add_argument("-q", "--quiet", action="store_true")
     sem.set_defaults(run=_run_semseg)
 
@@ -260,7 +261,7 @@ def register(commands, formatter) -> None:
     disc.add_argument("--pred", type=Path, default=None, metavar="FILE",
                       help="score a COCO instances file (deepspectral discover's OUT/instances.json), its images "
                       "matched to the dataset's by file name, instead of running the discovery")  # fmt: skip
-    disc.add_argument("-o", "--out", type=Path, default=None, metavar="OUT",
+    disc.add_argument("-o", "--out", type=local_out_folder, default=None, metavar="OUT",
                       help="write OUT/results.json (and, when the discovery runs, its OUT/instances.json)")  # fmt: skip
     disc.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes on stderr")
     _add_discovery_arguments(disc)

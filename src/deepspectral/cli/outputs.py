@@ -19,7 +19,7 @@ from typing import Callable
 
 from .common import UsageError
 
-__all__ = ["out_folder", "use_url_out", "uploading", "publishing", "read_outputs", "URL_COMMANDS"]
+__all__ = ["out_folder", "local_out_folder", "use_url_out", "uploading", "publishing", "read_outputs", "URL_COMMANDS"]
 
 #: The commands that take ``-o`` as a URL.
 URL_COMMANDS = ("eigs", "localize", "segment", "matte", "discover")
@@ -31,6 +31,19 @@ def out_folder(text: str):
     from ..data.images import is_url
 
     return text if is_url(text) else Path(text)
+
+
+def local_out_folder(text: str) -> Path:
+    """An argparse ``type`` for the ``-o`` of commands that write only local folders
+    (``eval``, ``semseg predict``): a :class:`~pathlib.Path`; a URL is refused (exit 2)
+    rather than taken for a local folder named ``s3:``."""
+    from ..data.images import is_url
+
+    if is_url(text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}': a URL is not supported here (only by {', '.join(URL_COMMANDS)}); give a local folder"
+        )
+    return Path(text)
 
 
 def use_url_out(args: argparse.Namespace) -> None:

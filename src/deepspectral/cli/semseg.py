@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from .common import EXIT_INTERRUPTED, EXIT_OK, UsageError, batch_status, report_error
+from .outputs import local_out_folder
 from .options import (
     add_backbone,
     add_cluster,
@@ -129,7 +130,7 @@ def register(commands, formatter) -> None:
     )
     predict.add_argument("run_dir", type=Path, metavar="RUN", help="folder written by `semseg fit`")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders and .txt lists")
-    predict.add_argument("-o", "--out", required=True, type=Path, metavar="OUT")
+    predict.add_argument("-o", "--out", required=True, type=local_out_folder, metavar="OUT")
     predict.add_argument("--use", choices=("auto", "clusters", "model"), default="auto",
                          help="auto: the trained model when there is one, else the clustering")
     predict.add_argument("--backbone", default=None, metavar="NAME",
