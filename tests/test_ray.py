@@ -139,7 +139,9 @@ def test_ray_run_writes_the_same_files_as_a_local_run(tmp_path, ray_cluster, pho
     inputs = [str(photos)]
     if command[0] == "eigs" and __import__("importlib").util.find_spec("fsspec") is not None:
         inputs = [photos.as_uri()]  # a file:// URL, read through fsspec by the Ray actors
-    if command[0] == "semseg":  # the slowest (crops through the backbone): 8 photos and the broken one
+    if command[0] in ("semseg", "discover") or "torch" in command:
+        # the slowest (semseg's crops through the backbone, discover's 480 x 480 cuts) and a
+        # variant of localize: 8 photos and the broken one, so that the Ray tests stay under 3 minutes
         inputs = [str(path) for path in sorted(photos.glob("*.png"))[:8]] + [str(photos / "photo99_broken.png")]
     base = [*command[:words], *inputs, "--weights", str(random_weights), "--no-cache", *COMMON, *command[words:]]
     # one image is broken: both runs exit 1 and write the same errors.json
