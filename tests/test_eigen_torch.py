@@ -207,24 +207,30 @@ def test_oracle_features_on_photos_same_as_cpu():
     assert compared >= 4
 
 
+class Item:
+    """An engine item holding its decoded image."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def load_image(self):
+        return self.image
+
+
+def _coco_photos(size: tuple[int, int]) -> list:
+    """The first 3 COCO-MINI photos resized to ``size`` (W, H), (H, W, 3) uint8 each."""
+    from PIL import Image
+
+    return [np.asarray(Image.open(path).convert("RGB").resize(size)) for path in sorted(COCO.glob("*.jpg"))[:3]]
+
+
 @needs_coco
 def test_random_vit_batched_same_as_cpu(random_weights):
     """Several photos of one size in one call (the engine's batched path) against the CPU path."""
-    from PIL import Image
-
     from deepspectral import Backbone
     from deepspectral.engine import Engine
 
-    paths = sorted(COCO.glob("*.jpg"))[:3]
-    images = [np.asarray(Image.open(path).convert("RGB").resize((240, 176))) for path in paths]
-
-    class Item:
-        def __init__(self, image):
-            self.image = image
-
-        def load_image(self):
-            return self.image
-
+    images = _coco_photos((240, 176))
     backbone = Backbone("dino_vits16", weights=random_weights, device="cpu")
     results = {}
     for backend in ("cpu", "torch"):
@@ -378,21 +384,11 @@ def test_tokencut_oracle_photos_batched_same_as_cpu(max_size):
 def test_tokencut_random_vit_engine_torch_same_as_cpu(random_weights):
     """The engine's torch path for --method tokencut (boxes: padded grid; masks: resized),
     a batch of photos, against the CPU path."""
-    from PIL import Image
 
     from deepspectral import Backbone
     from deepspectral.engine import Engine
 
-    paths = sorted(COCO.glob("*.jpg"))[:3]
-    images = [np.asarray(Image.open(path).convert("RGB").resize((400, 300))) for path in paths]
-
-    class Item:
-        def __init__(self, image):
-            self.image = image
-
-        def load_image(self):
-            return self.image
-
+    images = _coco_photos((400, 300))
     backbone = Backbone("dino_vits16", weights=random_weights, device="cpu")
     compared = 0
     for use in ("boxes", "masks"):

@@ -417,19 +417,17 @@ class Engine:
 
     def decomposition_settings(self) -> dict:
         """Every setting that changes the decomposition (part of its cache key)."""
+        # cpu entries keep their keys; a torch result (equal to tolerance, not to the bit)
+        # gets its own, so a cache never mixes the two
+        backend = {"eigen_backend": "torch"} if self.eigen_backend == "torch" else {}
         if self.recipe.name != defaults.METHOD:
-            return {
-                **self.feature_settings(), "method": self.recipe.name, **self.method_params,
-                **({"eigen_backend": "torch"} if self.eigen_backend == "torch" else {}),
-            }  # fmt: skip
+            return {**self.feature_settings(), "method": self.recipe.name, **self.method_params, **backend}
         return {
             **self.feature_settings(),
             "knn_lambda": self.knn_lambda,
             "n_eigenvectors": self.n_eigenvectors,
             "knn_kernel": self.knn_kernel,
-            # cpu entries keep their keys; a torch result (equal to tolerance, not to the
-            # bit) gets its own, so a cache never mixes the two
-            **({"eigen_backend": "torch"} if self.eigen_backend == "torch" else {}),
+            **backend,
         }
 
     # ------------------------------------------------------------------ running

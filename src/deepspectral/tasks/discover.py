@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import defaults
 from ..features import PatchFeatures
-from ..geometry import as_rgb_array, resize_image, resize_nearest
+from ..geometry import as_rgb_array, mask_to_box, resize_image, resize_nearest
 from ..recipes import maskcut as maskcut_recipe
 
 __all__ = [
@@ -142,12 +142,6 @@ def mask_to_original(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.where(values > upper / 2.0, upper, lower) != 0
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-
-
 def discover(
     features: PatchFeatures,
     image,
@@ -222,7 +216,7 @@ def discover(
         full = mask_to_original(mask, features.image_size)
         if not full.any():
             continue
-        instances.append(Instance(mask=full, box=_box(full), area=int(full.sum()), score=cut.score, cut=index))
+        instances.append(Instance(mask=full, box=mask_to_box(full), area=int(full.sum()), score=cut.score, cut=index))
     return instances
 
 
