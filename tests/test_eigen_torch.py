@@ -384,7 +384,6 @@ def test_tokencut_oracle_photos_batched_same_as_cpu(max_size):
 def test_tokencut_random_vit_engine_torch_same_as_cpu(random_weights):
     """The engine's torch path for --method tokencut (boxes: padded grid; masks: resized),
     a batch of photos, against the CPU path."""
-
     from deepspectral import Backbone
     from deepspectral.engine import Engine
 
